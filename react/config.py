@@ -1,0 +1,28 @@
+"""Process-wide settings: cache location and the offline guarantees."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Where fetched sources, the embedded corpus and the base model live."""
+    root = os.environ.get("REACT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "react"
+    )
+    return Path(root)
+
+
+def apply_offline_defaults() -> None:
+    """Keep third-party libraries from phoning home.
+
+    albumentations (imported by img2dataset) checks for updates over the
+    internet unless told not to; wandb must stay off; HF telemetry off. These
+    are defaults: a user's explicit setting wins.
+    """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("WANDB_DISABLED", "true")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

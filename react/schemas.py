@@ -1,0 +1,133 @@
+"""The project's data contracts, defined once.
+
+Every stage reads and writes these layouts through the helpers here, so a
+column rename or a new required field is a one-line change.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from react.errors import ReactError
+
+# --- corpus (the project's standard form: parquet + images) -----------------
+# A corpus directory holds one parquet per part plus the image files they name.
+CORPUS_PARTS = ("pretraining", "retrieval", "downstream")
+CORPUS_MANIFEST = "manifest.json"
+CLASSES_FILE = "downstream_classes.txt"  # the downstream task's only instruction
+CORPUS_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),         # stable id, unique within the corpus
+        ("url", pa.string()),         # where a web client would fetch the image
+        ("caption", pa.string()),     # one line of English
+        ("image_path", pa.string()),  # relative to the corpus directory
+        ("source", pa.string()),      # which upstream package it came from
+        ("license", pa.string()),
+        ("category", pa.string()),    # upstream category path (metadata only)
+        ("label", pa.string()),       # downstream class name; null outside the task
+        ("sha256", pa.string()),      # of the image file, for leak checks
+    ]
+)
+CORPUS_REQUIRED = ("key", "url", "caption")
+
+# --- embeddings (clip-retrieval / LAION layout) ------------------------------
+IMG_EMB_DIR, TEXT_EMB_DIR, METADATA_DIR = "img_emb", "text_emb", "metadata"
+EMBEDDING_METADATA_REQUIRED = ("key", "caption")
+
+
+def img_emb_path(root: Path, part: int) -> Path:
+    return Path(root) / IMG_EMB_DIR / f"img_emb_{part}.npy"
+
+
+def text_emb_path(root: Path, part: int) -> Path:
+    return Path(root) / TEXT_EMB_DIR / f"text_emb_{part}.npy"
+
+
+def metadata_path(root: Path, part: int) -> Path:
+    return Path(root) / METADATA_DIR / f"metadata_{part}.parquet"
+
+
+# --- retrieved subset ---------------------------------------------------------
+SUBSET_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("similarity", pa.float32()),
+        ("classes", pa.list_(pa.string())),
+    ]
+)
+
+# --- shards -------------------------------------------------------------------
+SHARD_SIZES_FILE = "sizes.json"
+
+# --- eval results ---------------------------------------------------------------
+RESULT_KEYS = ("task", "model", "dataset", "metrics", "per_class")
+
+
+def require_columns(table: pa.Table | pa.Schema, required: tuple[str, ...], where: str) -> None:
+    names = table.names if isinstance(table, pa.Schema) else table.column_names
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise ReactError(f"{where}: missing column(s) {', '.join(missing)}")
+
+
+def read_parquet(path: str | os.PathLike, required: tuple[str, ...] = ()) -> pa.Table:
+    path = Path(path)
+    if not path.is_file():
+        raise ReactError(f"file not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ReactError(f"not a readable parquet file: {path} ({exc})") from None
+    require_columns(table, required, str(path))
+    return table
+
+
+def validate_corpus_table(table: pa.Table, where: str) -> None:
+    """Keys unique and non-empty; captions non-empty."""
+    require_columns(table, CORPUS_REQUIRED, where)
+    keys = table.column("key").to_pylist()
+    if any(not k for k in keys):
+        raise ReactError(f"{where}: empty key at row {next(i for i, k in enumerate(keys) if not k)}")
+    if len(set(keys)) != len(keys):
+        seen: set[str] = set()
+        dup = next(k for k in keys if k in seen or seen.add(k))
+        raise ReactError(f"{where}: duplicate key {dup!r}")
+    for i, caption in enumerate(table.column("caption").to_pylist()):
+        if caption is None or not str(caption).strip():
+            raise ReactError(f"{where}: empty caption for key {keys[i]!r}")
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``final`` only on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        tmp.replace(final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet(table: pa.Table, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
