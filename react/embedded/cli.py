@@ -1,0 +1,79 @@
+"""``react corpus fetch-embedded`` and ``react base train-embedded``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from react.config import cache_dir
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    corpus = sub.add_parser("corpus", help="the embedded default corpus")
+    csub = corpus.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
+    fetch = csub.add_parser(
+        "fetch-embedded",
+        help="build (once) and print the embedded corpus directory",
+        description="Fetch Tux Paint stamps (Debian) and Noto emoji (npm) by package name, verify their "
+        "checksums, convert and split them into pretraining / retrieval / downstream parts. Cached: a second "
+        "run only prints the directory.",
+    )
+    fetch.add_argument("--cache", type=Path, default=None,
+                       help=f"cache root (default: $REACT_CACHE or {cache_dir()})")
+    fetch.add_argument("--fraction", type=float, default=1.0,
+                       help="keep this fraction of every category, for quick tests (default: 1.0)")
+    fetch.add_argument("--seed", type=int, default=0, help="seed of the deterministic split (default: 0)")
+    fetch.add_argument("--force", action="store_true", help="rebuild even if a cached corpus exists")
+    fetch.set_defaults(func=_fetch)
+
+    base = sub.add_parser("base", help="the embedded base CLIP")
+    bsub = base.add_subparsers(dest="base_command", metavar="ACTION", required=True)
+    train = bsub.add_parser(
+        "train-embedded",
+        help="train (or reuse) the embedded base CLIP and print its directory",
+        description="Train a small open_clip ViT image tower against the locked MiniLM text encoder on the "
+        "pretraining part of the embedded corpus. Deterministic for a seed; reused if already trained.",
+    )
+    train.add_argument("--out", type=Path, default=None,
+                       help="model directory (default: <cache>/base/embedded-base-s<seed>)")
+    train.add_argument("--corpus", type=Path, default=None,
+                       help="corpus directory (default: the embedded corpus, fetched if needed)")
+    train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+    train.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
+    train.add_argument("--force", action="store_true", help="retrain even if the output exists")
+    train.set_defaults(func=_train)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from react.embedded.corpus import fetch_embedded
+
+    print(fetch_embedded(args.cache, fraction=args.fraction, seed=args.seed, force=args.force))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from react.embedded.base import BaseRecipe, train_base
+    from react.embedded.corpus import fetch_embedded
+    from react.errors import ReactError
+    from react.models import CONFIG_FILE
+
+    recipe = BaseRecipe(seed=args.seed)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ReactError(f"--steps must be positive, got {args.steps}")
+        recipe.steps = args.steps
+        recipe.warmup = min(recipe.warmup, max(1, args.steps // 10))
+    if args.batch_size is not None:
+        if args.batch_size < 2:
+            raise ReactError(f"--batch-size must be at least 2, got {args.batch_size}")
+        recipe.batch_size = args.batch_size
+    out = args.out or cache_dir() / "base" / f"embedded-base-s{args.seed}"
+    if (out / CONFIG_FILE).is_file() and not args.force:
+        print(out)
+        return 0
+    corpus = args.corpus or fetch_embedded()
+    if not (corpus / "pretraining.parquet").is_file():
+        raise ReactError(f"not a corpus directory (no pretraining.parquet): {corpus}")
+    train_base(corpus, out, recipe)
+    print(out)
+    return 0
