@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from react.errors import ReactError
 from react.images import load_rgb
-from react.schemas import CLASSES_FILE, read_parquet
+from react.schemas import CLASSES_FILE, TEMPLATES_FILE, read_parquet
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 EMBEDDED_PARQUET = "downstream.parquet"
@@ -161,7 +161,12 @@ def _build_embedded(parquet: Path, split: str) -> FileListDataset:
         labels.append(index[label])
     if not labels:
         raise ReactError(f"{parquet} has no rows")
-    return FileListDataset(root.name, classnames, paths, labels)
+    templates = None
+    if (root / TEMPLATES_FILE).is_file():  # the task's own prompts, as CLIP_benchmark ships them
+        from downstream.templates import read_template_file
+
+        templates = read_template_file(root / TEMPLATES_FILE)
+    return FileListDataset(root.name, classnames, paths, labels, templates)
 
 
 # --- b. ImageFolder ---------------------------------------------------------------

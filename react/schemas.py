@@ -21,6 +21,7 @@ from react.errors import ReactError
 CORPUS_PARTS = ("pretraining", "retrieval", "downstream")
 CORPUS_MANIFEST = "manifest.json"
 CLASSES_FILE = "downstream_classes.txt"  # the downstream task's only instruction
+TEMPLATES_FILE = "downstream_templates.txt"  # its prompt templates, "{}" for the class
 CORPUS_SCHEMA = pa.schema(
     [
         ("key", pa.string()),         # stable id, unique within the corpus

@@ -1,0 +1,3 @@
+from react.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""The first vertical slice end to end, on a shrunk real corpus:
+fetch -> train the base (a few steps) -> zero-shot eval, through the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from react.cli import run
+from react.models import load_model
+
+pytestmark = pytest.mark.slow
+
+
+def react(*argv: str) -> subprocess.CompletedProcess:
+    """The installed entry point, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "react", *argv], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def small_corpus() -> Path:
+    proc = react("corpus", "fetch-embedded", "--fraction", "0.25")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert (path / "manifest.json").is_file()
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_base(small_corpus: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("base") / "model"
+    code = run(["base", "train-embedded", "--corpus", str(small_corpus), "--out", str(out),
+                "--steps", "4", "--batch-size", "16"])
+    assert code == 0
+    return out
+
+
+def test_corpus_parts_are_disjoint_and_complete(small_corpus: Path):
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((small_corpus / "manifest.json").read_text())
+    parts = {p: pq.read_table(small_corpus / f"{p}.parquet").to_pylist() for p in ("pretraining", "retrieval", "downstream")}
+    for name, rows in parts.items():
+        assert len(rows) == manifest["counts"][name] > 0
+        assert all((small_corpus / r["image_path"]).is_file() for r in rows)
+        assert all(r["caption"].strip() and r["url"] and r["license"] for r in rows)
+    test_keys = {r["key"] for r in parts["downstream"]}
+    test_shas = {r["sha256"] for r in parts["downstream"]}
+    for other in ("pretraining", "retrieval"):
+        assert not test_keys & {r["key"] for r in parts[other]}
+        assert not test_shas & {r["sha256"] for r in parts[other]}
+    classes = (small_corpus / "downstream_classes.txt").read_text().split()
+    assert {r["label"] for r in parts["downstream"]} <= set((small_corpus / "downstream_classes.txt").read_text().splitlines())
+    assert len(classes) >= 2
+    assert {s["package"] for s in manifest["sources"]} == {"tuxpaint-stamps-default", "emoji-datasource-google"}
+
+
+def test_second_fetch_is_cached(small_corpus: Path):
+    proc = react("corpus", "fetch-embedded", "--fraction", "0.25")
+    assert proc.returncode == 0
+    assert Path(proc.stdout.strip()) == small_corpus
+    assert "converting" not in proc.stderr
+
+
+def test_base_checkpoint_is_open_clip_loadable_and_text_is_locked(small_base: Path):
+    import open_clip
+    from transformers import AutoModel, AutoTokenizer
+
+    config = json.loads((small_base / "open_clip_config.json").read_text())
+    assert config["react"]["base"]["recipe"]["steps"] == 4
+    # plain open_clip, no react code in the way
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + str(small_base))
+    assert type(model.visual).__name__ == "VisionTransformer"
+
+    loaded = load_model(small_base, device="cpu")
+    texts = ["a photo of a bird.", "a red apple"]
+    ours = loaded.encode_texts(texts)
+    # locked MiniLM with identity projection == sentence-transformers' mean pooling
+    path = config["model_cfg"]["text_cfg"]["hf_model_name"]
+    tok, bert = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = bert(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    assert torch.allclose(ours, ref, atol=1e-4)
+
+    again = load_model(small_base, device="cpu")
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(loaded.encode_images(x), again.encode_images(x))
+
+
+def test_zeroshot_cli_writes_result(small_base: Path, small_corpus: Path, tmp_path: Path):
+    out = tmp_path / "results" / "base.json"
+    proc = react("eval", "zeroshot", "--model", str(small_base), "--dataset", str(small_corpus),
+                 "--templates", "simple", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result) >= {"task", "model", "dataset", "metrics", "per_class"}
+    assert result["task"] == "zeroshot"
+    for key in ("top1", "top5", "mean_per_class_recall"):
+        assert 0.0 <= result["metrics"][key] <= 1.0
+    assert result["metrics"]["top5"] >= result["metrics"]["top1"]
+    assert [p.name for p in out.parent.iterdir()] == ["base.json"]  # no temp files left
+
+
+@pytest.mark.parametrize(
+    "argv, culprit",
+    [
+        (["eval", "zeroshot", "--model", "ViT-Nope-99", "--dataset", "{corpus}", "--out", "{tmp}/r.json"], "ViT-Nope-99"),
+        (["eval", "zeroshot", "--model", "{tmp}/no/such/ckpt", "--dataset", "{corpus}", "--out", "{tmp}/r.json"], "no/such/ckpt"),
+        (["eval", "zeroshot", "--model", "{base}", "--dataset", "{tmp}/empty", "--out", "{tmp}/r.json"], "empty"),
+        (["base", "train-embedded", "--corpus", "{tmp}/empty", "--out", "{tmp}/b"], "empty"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_culprit(argv, culprit, small_corpus, small_base, tmp_path):
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(corpus=small_corpus, base=small_base, tmp=tmp_path) for a in argv]
+    proc = react(*argv)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and culprit in lines[-1], proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "b").exists()
