@@ -22,7 +22,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Options every evaluation task takes: which model, which data, where to write."""
     parser.add_argument("--model", required=True, metavar="MODEL",
                         help="open_clip model name (with --pretrained), a model directory "
-                             "(open_clip_config.json + open_clip_model.safetensors) or a customization run")
+                             "(open_clip_config.json + open_clip_model.safetensors)")
     parser.add_argument("--pretrained", default=None, metavar="TAG|PATH",
                         help="pretrained tag or checkpoint file for an open_clip model name")
     parser.add_argument("--dataset", required=True, metavar="DATASET",

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from react.errors import ReactError
+from react.schemas import atomic_dir
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -185,18 +184,10 @@ def save_model(
     from safetensors.torch import save_model as save_safetensors
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
         if extra:
             config["react"] = extra
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         save_safetensors(model, str(tmp / WEIGHTS_FILE))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,15 @@ from react.embedded.sources import EMOJI, SOURCES, TUXPAINT, fetch, iter_deb_fil
 from react.errors import ReactError
 from react.images import load_rgb
 from react.progress import progress
-from react.schemas import CLASSES_FILE, CORPUS_MANIFEST, CORPUS_SCHEMA, TEMPLATES_FILE, write_parquet, write_text
+from react.schemas import (
+    CLASSES_FILE,
+    CORPUS_MANIFEST,
+    CORPUS_SCHEMA,
+    TEMPLATES_FILE,
+    atomic_dir,
+    write_parquet,
+    write_text,
+)
 
 CORPUS_VERSION = "embedded-v2"
 # Placeholder web location. ".invalid" never resolves (RFC 2606), so nothing
@@ -208,9 +214,7 @@ def build_embedded_corpus(out: Path, sources_dir: Path, fraction: float = 1.0, s
     items = dedupe(_subsample(read_stamps(deb), fraction) + _subsample(read_emoji(tgz), fraction))
     parts = split(items, seed)
     check_disjoint(parts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         (tmp / "cutouts").mkdir()
         test_keys = {it.key for it in parts["downstream"]}
@@ -235,12 +239,6 @@ def build_embedded_corpus(out: Path, sources_dir: Path, fraction: float = 1.0, s
             "url_base": URL_BASE, "build_seconds": round(time.time() - started, 1),
         }
         write_text(tmp / CORPUS_MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
