@@ -3,10 +3,12 @@ fetch -> train the base (a few steps) -> zero-shot eval, through the CLI."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -92,6 +94,35 @@ def test_base_checkpoint_is_open_clip_loadable_and_text_is_locked(small_base: Pa
     again = load_model(small_base, device="cpu")
     x = torch.rand(2, 3, 64, 64)
     assert torch.equal(loaded.encode_images(x), again.encode_images(x))
+
+
+def test_base_training_is_deterministic_for_a_seed(small_corpus: Path, small_base: Path, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    again = tmp_path / "again"
+    assert run(["base", "train-embedded", "--corpus", str(small_corpus), "--out", str(again),
+                "--steps", "4", "--batch-size", "16"]) == 0
+    a = load_file(str(small_base / "open_clip_model.safetensors"))
+    b = load_file(str(again / "open_clip_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_empty_caption_in_a_corpus_is_named(small_corpus: Path, tmp_path: Path):
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "corpus"
+    shutil.copytree(small_corpus, bad)
+    table = pq.read_table(bad / "pretraining.parquet")
+    captions = table.column("caption").to_pylist()
+    captions[1] = " "
+    table = table.set_column(table.schema.get_field_index("caption"), "caption", pa.array(captions))
+    pq.write_table(table, bad / "pretraining.parquet")
+    proc = react("base", "train-embedded", "--corpus", str(bad), "--out", str(tmp_path / "m"))
+    assert proc.returncode == 2
+    key = table.column("key")[1].as_py()
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {bad / 'pretraining.parquet'}: empty caption for key {key!r}"
+    assert not (tmp_path / "m").exists()
 
 
 def test_zeroshot_cli_writes_result(small_base: Path, small_corpus: Path, tmp_path: Path):

