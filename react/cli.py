@@ -15,7 +15,7 @@ from react.errors import ReactError
 
 # (stage module, function that adds its parsers). Each stage exposes
 # ``add_parsers(subparsers)``; commands set ``func`` via set_defaults.
-STAGES: tuple[str, ...] = ("react.embedded.cli", "downstream.cli", "react.demo")
+STAGES: tuple[str, ...] = ("react.embedded.cli", "downstream.cli", "index.cli", "react.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,416 @@
+"""``react embed``: image and text embeddings of every corpus pair, in parts.
+
+Output (the clip-retrieval / LAION layout, so LAION's published embeddings can
+stand in for our own)::
+
+    EMB_DIR/img_emb/img_emb_{i}.npy          float16 [n_i, dim], L2-normalized
+    EMB_DIR/text_emb/text_emb_{i}.npy        float16 [n_i, dim], L2-normalized
+    EMB_DIR/metadata/metadata_{i}.parquet    n_i rows: key, caption, url and/or image_path, extras
+    EMB_DIR/embed.json                       model, dim, count, part_size, parts, input
+
+Alignment: row ``j`` of part ``i`` is the same pair in all three files. It is
+checked when a part is written (row counts, keys equal to the input's keys for
+that slice, finite unit rows) and by :func:`check_embeddings` on load.
+
+Atomic, resumable parts: the three files of a part are written under temporary
+names and then renamed, metadata last, so a part either has all three final
+files or is redone. ``resume=True`` skips parts whose three files exist and
+validate against the input; without ``resume`` or ``overwrite`` a folder that
+already holds parts is refused.
+
+Multi-process (``accelerate launch -m react.cli embed ...`` or any launcher that
+sets ``RANK``/``WORLD_SIZE``): with N processes, process r embeds only the parts
+whose index ``i % N == r``, so no two processes write the same file; each uses
+``cuda:LOCAL_RANK`` unless ``--device`` is given. After a barrier (accelerate's
+``PartialState.wait_for_everyone`` when available), rank 0 checks the whole
+folder and writes ``embed.json``. A single process is the tested path.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from index.readers import Corpus, ImageSource, InlineImage, read_corpus
+from react.errors import ReactError
+from react.images import load_rgb
+from react.schemas import (
+    EMBEDDING_METADATA_REQUIRED,
+    IMG_EMB_DIR,
+    METADATA_DIR,
+    TEXT_EMB_DIR,
+    atomic_path,
+    img_emb_path,
+    metadata_path,
+    text_emb_path,
+    write_text,
+)
+
+EMBED_JSON = "embed.json"
+DEFAULT_PART_SIZE = 100_000
+NORM_TOL = 1e-2  # float16 rows of unit vectors are within ~1e-3 of norm 1
+
+
+# --- loading images in workers --------------------------------------------------------
+
+@dataclass
+class _Failed:
+    """An undecodable image, carried to the main process as data: a ReactError
+    raised inside a DataLoader worker would come back as a multi-line traceback."""
+
+    message: str
+
+
+def load_source(source: ImageSource):
+    if isinstance(source, str):
+        return load_rgb(source)
+    if isinstance(source, InlineImage):
+        data, name = source.data, source.name
+    else:
+        name = f"{source.tar}:{source.name}"
+        try:
+            with open(source.tar, "rb") as fh:
+                fh.seek(source.offset)
+                data = fh.read(source.size)
+        except OSError as exc:
+            raise ReactError(f"cannot read {source.tar}: {exc.__class__.__name__}") from None
+    try:
+        return load_rgb(data)
+    except ReactError:
+        raise ReactError(f"corrupt or unreadable image: {name}") from None
+
+
+class _Images(Dataset):
+    def __init__(self, sources: Sequence[ImageSource], preprocess: Callable[[Any], torch.Tensor]) -> None:
+        self.sources = list(sources)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> torch.Tensor | _Failed:
+        try:
+            return self.preprocess(load_source(self.sources[index]))
+        except ReactError as exc:
+            return _Failed(str(exc))
+
+
+def _collate(batch: list[torch.Tensor | _Failed]) -> torch.Tensor | _Failed:
+    for item in batch:
+        if isinstance(item, _Failed):
+            return item
+    return torch.stack(batch)
+
+
+# --- distribution ------------------------------------------------------------------------
+
+def process_grid() -> tuple[int, int]:
+    """(rank, world size) from accelerate's launcher, torchrun, or a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if world > 1 and not 0 <= rank < world:
+        raise ReactError(f"RANK {rank} outside WORLD_SIZE {world}")
+    return rank, max(1, world)
+
+
+def _barrier(world: int) -> None:
+    if world <= 1:
+        return
+    try:
+        from accelerate import PartialState
+    except ImportError:  # pragma: no cover - accelerate is a dependency
+        return
+    PartialState().wait_for_everyone()
+
+
+def resolve_workers(requested: int | None, device: torch.device) -> int:
+    if requested is not None:
+        if requested < 0:
+            raise ReactError(f"--workers must be >= 0, got {requested}")
+        return requested
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+# --- checking ---------------------------------------------------------------------------
+
+_PART_RE = {
+    IMG_EMB_DIR: re.compile(r"^img_emb_(\d+)\.npy$"),
+    TEXT_EMB_DIR: re.compile(r"^text_emb_(\d+)\.npy$"),
+    METADATA_DIR: re.compile(r"^metadata_(\d+)\.parquet$"),
+}
+
+
+def _part_indices(root: Path, sub: str) -> set[int]:
+    folder = root / sub
+    if not folder.is_dir():
+        return set()
+    return {int(m.group(1)) for p in folder.iterdir() if (m := _PART_RE[sub].match(p.name))}
+
+
+def _load_emb(path: Path, part: int, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise ReactError(f"part {part}: {what} missing ({path})")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ReactError(f"part {part}: unreadable or truncated {what} {path} ({exc.__class__.__name__})") from None
+    if arr.dtype != np.float16:
+        raise ReactError(f"part {part}: {what} {path} has dtype {arr.dtype}, expected float16")
+    if arr.ndim != 2:
+        raise ReactError(f"part {part}: {what} {path} has shape {arr.shape}, expected [rows, dim]")
+    return arr
+
+
+def _check_norms(arr: np.ndarray, part: int, what: str, chunk: int = 65536) -> None:
+    for start in range(0, arr.shape[0], chunk):
+        block = np.asarray(arr[start : start + chunk], dtype=np.float32)
+        norms = np.linalg.norm(block, axis=1)
+        bad = ~np.isfinite(norms) | (np.abs(norms - 1.0) > NORM_TOL)
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            raise ReactError(f"part {part}: {int(bad.sum())} {what} row(s) not unit-norm "
+                             f"(first: row {row}, norm {norms[row - start]:.4f})")
+
+
+def check_part(root: Path, part: int, expected_keys: Sequence[str] | None = None,
+               norms: bool = True) -> dict:
+    """Validate one part's three files; returns ``{"rows", "dim", "keys"}``."""
+    root = Path(root)
+    img = _load_emb(img_emb_path(root, part), part, "img_emb")
+    txt = _load_emb(text_emb_path(root, part), part, "text_emb")
+    meta_file = metadata_path(root, part)
+    if not meta_file.is_file():
+        raise ReactError(f"part {part}: metadata missing ({meta_file})")
+    try:
+        meta = pq.read_table(meta_file, columns=None)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ReactError(f"part {part}: unreadable metadata {meta_file} ({exc.__class__.__name__})") from None
+    missing = [c for c in EMBEDDING_METADATA_REQUIRED if c not in meta.column_names]
+    if missing or not {"url", "image_path"} & set(meta.column_names):
+        need = missing or ["url or image_path"]
+        raise ReactError(f"part {part}: metadata {meta_file} lacks column(s) {', '.join(need)}")
+    if not img.shape[0] == txt.shape[0] == meta.num_rows:
+        raise ReactError(f"part {part}: row counts differ: img_emb {img.shape[0]}, text_emb {txt.shape[0]}, "
+                         f"metadata {meta.num_rows}")
+    if img.shape[1] != txt.shape[1]:
+        raise ReactError(f"part {part}: img_emb dim {img.shape[1]} != text_emb dim {txt.shape[1]}")
+    keys = [str(k) for k in meta.column("key").to_pylist()]
+    if expected_keys is not None and keys != list(expected_keys):
+        first = next((j for j, (a, b) in enumerate(zip(keys, expected_keys)) if a != b), min(len(keys), len(expected_keys)))
+        raise ReactError(f"part {part}: metadata keys differ from the input at row {first}")
+    if norms:
+        _check_norms(img, part, "img_emb")
+        _check_norms(txt, part, "text_emb")
+    return {"rows": int(img.shape[0]), "dim": int(img.shape[1]), "keys": keys}
+
+
+def check_embeddings(emb_dir: str | os.PathLike, norms: bool = True) -> dict:
+    """Validate every part of an embedding folder; ReactError naming the part on any mismatch.
+
+    Checks: the same part numbers 0..n-1 in all three sub-folders; per part equal
+    row counts, float16, 2-D, equal dims (across parts too); unit-norm rows;
+    keys unique across the folder. Returns ``{"parts", "count", "dim",
+    "rows_per_part", "model"}`` (``model`` from embed.json, if present)."""
+    root = Path(emb_dir)
+    if not root.is_dir():
+        raise ReactError(f"embedding folder not found: {root}")
+    found = {sub: _part_indices(root, sub) for sub in _PART_RE}
+    every = set().union(*found.values())
+    if not every:
+        raise ReactError(f"no embedding parts in {root}")
+    for part in range(max(every) + 1):
+        for sub, indices in found.items():
+            if part not in indices:
+                raise ReactError(f"part {part}: {sub} file missing in {root}")
+    dim = None
+    rows_per_part: list[int] = []
+    seen: set[str] = set()
+    for part in range(max(every) + 1):
+        info = check_part(root, part, norms=norms)
+        if dim is None:
+            dim = info["dim"]
+        elif info["dim"] != dim:
+            raise ReactError(f"part {part}: dim {info['dim']} differs from part 0's {dim}")
+        for key in info["keys"]:
+            if key in seen:
+                raise ReactError(f"part {part}: duplicate key {key!r}")
+            seen.add(key)
+        rows_per_part.append(info["rows"])
+    manifest = _read_manifest(root)
+    if manifest:
+        if manifest.get("dim") not in (None, dim):
+            raise ReactError(f"{root / EMBED_JSON}: dim {manifest['dim']} but the parts hold {dim}")
+        if manifest.get("count") not in (None, sum(rows_per_part)):
+            raise ReactError(f"{root / EMBED_JSON}: count {manifest['count']} but the parts hold {sum(rows_per_part)}")
+    return {"parts": len(rows_per_part), "count": sum(rows_per_part), "dim": dim,
+            "rows_per_part": rows_per_part, "model": (manifest or {}).get("model")}
+
+
+def _read_manifest(root: Path) -> dict | None:
+    path = root / EMBED_JSON
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReactError(f"unreadable {path}: {exc.__class__.__name__}") from None
+
+
+# --- writing ----------------------------------------------------------------------------
+
+def _write_part(root: Path, part: int, img: np.ndarray, txt: np.ndarray, meta: pa.Table,
+                expected_keys: Sequence[str]) -> None:
+    """Check alignment, then write the three files under temporary names and
+    rename them into place, metadata last (its presence marks a finished part)."""
+    if not img.shape[0] == txt.shape[0] == meta.num_rows == len(expected_keys):
+        raise ReactError(f"part {part}: refusing to write misaligned rows: img_emb {img.shape[0]}, "
+                         f"text_emb {txt.shape[0]}, metadata {meta.num_rows}, input {len(expected_keys)}")
+    if [str(k) for k in meta.column("key").to_pylist()] != list(expected_keys):
+        raise ReactError(f"part {part}: refusing to write: metadata keys differ from the input order")
+    _check_norms(img, part, "img_emb")
+    _check_norms(txt, part, "text_emb")
+    finals = [img_emb_path(root, part), text_emb_path(root, part), metadata_path(root, part)]
+    for final in finals:  # a stale half-part from an interrupted run must not survive
+        final.unlink(missing_ok=True)
+    with atomic_path(finals[2]) as t_meta, atomic_path(finals[0]) as t_img, atomic_path(finals[1]) as t_txt:
+        with open(t_img, "wb") as fh:
+            np.save(fh, img)
+        with open(t_txt, "wb") as fh:
+            np.save(fh, txt)
+        pq.write_table(meta, t_meta)
+    # atomic_path renames on exit in reverse order of entry: text, image, metadata.
+    # Re-check the final files so a partial rename can never pass as finished.
+    check_part(root, part, expected_keys, norms=False)
+
+
+def _existing_outputs(root: Path) -> list[Path]:
+    out = [root / EMBED_JSON] if (root / EMBED_JSON).exists() else []
+    for sub in _PART_RE:
+        folder = root / sub
+        if folder.is_dir():
+            out += [p for p in folder.iterdir() if _PART_RE[sub].match(p.name)]
+    return out
+
+
+def embed_corpus(
+    corpus: str | os.PathLike | Corpus,
+    model: Any,
+    out: str | os.PathLike,
+    *,
+    pretrained: str | None = None,
+    part_size: int = DEFAULT_PART_SIZE,
+    batch_size: int = 256,
+    workers: int | None = None,
+    device: str | torch.device | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> dict:
+    """Embed every pair of ``corpus`` with ``model`` (a spec for ``load_model`` or a
+    ``LoadedModel``) into ``out``; returns the embed.json content (with
+    ``embedded``/``skipped`` part lists for this process)."""
+    from react.models import LoadedModel, load_model
+    from react.progress import progress
+
+    if part_size < 1:
+        raise ReactError(f"--part-size must be >= 1, got {part_size}")
+    if batch_size < 1:
+        raise ReactError(f"--batch-size must be >= 1, got {batch_size}")
+    if resume and overwrite:
+        raise ReactError("--resume and --overwrite exclude each other")
+    env_rank, env_world = process_grid()
+    rank = env_rank if rank is None else rank
+    world = env_world if world_size is None else world_size
+
+    data = corpus if isinstance(corpus, Corpus) else read_corpus(corpus)
+    root = Path(out).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ReactError(f"--out is not a directory: {root}")
+    existing = _existing_outputs(root) if root.exists() else []
+    if existing and not (resume or overwrite):
+        raise ReactError(f"{root} already holds embeddings; pass --resume to finish them or --overwrite to replace them")
+    if existing and overwrite and rank == 0:
+        for sub in _PART_RE:
+            shutil.rmtree(root / sub, ignore_errors=True)
+        (root / EMBED_JSON).unlink(missing_ok=True)
+    _barrier(world)
+
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        if device is None and world > 1 and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+        loaded = load_model(model, pretrained=pretrained, device=device)
+    n = len(data)
+    n_parts = math.ceil(n / part_size)
+    plan = {"model": loaded.name, "dim": loaded.embed_dim, "count": n, "part_size": part_size,
+            "parts": n_parts, "input": str(data.path), "input_form": data.form}
+    manifest = _read_manifest(root) if resume else None
+    if manifest:
+        for field in ("model", "count", "part_size"):
+            if manifest.get(field) != plan[field]:
+                raise ReactError(f"cannot resume {root}: its {field} is {manifest.get(field)!r}, "
+                                 f"this run's is {plan[field]!r} (use --overwrite)")
+    for sub in _PART_RE:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+
+    keys = [str(k) for k in data.metadata.column("key").to_pylist()]
+    captions = [str(c) for c in data.metadata.column("caption").to_pylist()]
+    mine = [i for i in range(n_parts) if i % world == rank]
+    todo, skipped = [], []
+    for part in mine:
+        lo, hi = part * part_size, min(n, (part + 1) * part_size)
+        if resume:
+            try:
+                if check_part(root, part, keys[lo:hi])["dim"] == loaded.embed_dim:
+                    skipped.append(part)
+                    continue
+            except ReactError:
+                pass
+        todo.append(part)
+
+    n_workers = resolve_workers(workers, loaded.device)
+    with progress() as bar:
+        task = bar.add_task("embedding", total=sum(min(n, (p + 1) * part_size) - p * part_size for p in todo),
+                            unit="img")
+        for part in todo:
+            lo, hi = part * part_size, min(n, (part + 1) * part_size)
+            loader = DataLoader(_Images(data.images[lo:hi], loaded.preprocess), batch_size=batch_size,
+                                shuffle=False, num_workers=n_workers, collate_fn=_collate,
+                                pin_memory=loaded.device.type == "cuda", persistent_workers=False)
+            img_chunks = []
+            for batch in loader:
+                if isinstance(batch, _Failed):
+                    raise ReactError(batch.message)
+                img_chunks.append(loaded.encode_images(batch).numpy().astype(np.float16))
+                bar.advance(task, len(batch))
+            img = np.concatenate(img_chunks) if img_chunks else np.zeros((0, loaded.embed_dim), np.float16)
+            txt = loaded.encode_texts(captions[lo:hi], batch_size=batch_size).numpy().astype(np.float16)
+            if img.shape[1] != txt.shape[1]:
+                raise ReactError(f"model {loaded.name}: image dim {img.shape[1]} != text dim {txt.shape[1]}")
+            _write_part(root, part, img, txt, data.metadata.slice(lo, hi - lo), keys[lo:hi])
+
+    _barrier(world)
+    result = dict(plan)
+    if rank == 0:
+        if world == 1 or all(metadata_path(root, p).is_file() for p in range(n_parts)):
+            info = check_embeddings(root, norms=False)
+            if info["count"] != n or info["parts"] != n_parts:
+                raise ReactError(f"{root}: holds {info['count']} rows in {info['parts']} parts, "
+                                 f"expected {n} in {n_parts} (stale parts from another run? use --overwrite)")
+            result["dim"] = info["dim"]
+            write_text(root / EMBED_JSON, json.dumps(result, indent=2) + "\n")
+    result["embedded"], result["skipped"] = todo, skipped
+    return result

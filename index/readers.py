@@ -1,0 +1,196 @@
+"""The three input forms ``react embed`` reads, auto-detected by :func:`read_corpus`.
+
+a. The project's corpus form: a directory holding ``retrieval.parquet``, or any
+   parquet file, with ``key``, ``caption``, ``image_path`` (relative to the
+   parquet's folder) and usually ``url``; every other column is carried into the
+   embedding metadata.
+b. A folder of webdataset ``.tar`` shards as img2dataset writes them: per sample
+   an image (``.jpg``/``.jpeg``/``.png``/``.webp``), a ``.txt`` caption and an
+   optional ``.json`` whose ``url`` is kept. The key is webdataset's
+   ``__key__`` (member name up to the first dot of its file name). Read with the
+   stdlib ``tarfile``; images of plain tars are read later by seeking, so
+   loader workers share nothing but (path, offset, size).
+c. An image folder with one caption per image in a sibling ``.txt`` of the same
+   stem; the key is the path relative to the folder, without the extension.
+
+Each reader returns a :class:`Corpus`: a metadata table (input order) and one
+image source per row (a file path, or a tar member).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import pyarrow as pa
+
+from react.errors import ReactError
+from react.schemas import read_parquet
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+CORPUS_PARQUET = "retrieval.parquet"
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """An image inside an uncompressed tar, read by seeking."""
+
+    tar: str
+    name: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class InlineImage:
+    """An image held in memory (members of compressed tars cannot be seeked)."""
+
+    name: str
+    data: bytes
+
+
+ImageSource = Union[str, TarMember, InlineImage]
+
+
+@dataclass
+class Corpus:
+    form: str                    # "parquet", "webdataset" or "imagefolder"
+    path: Path
+    metadata: pa.Table           # key, caption, url and/or image_path, extra columns
+    images: list[ImageSource]    # one per metadata row, same order
+
+    def __len__(self) -> int:
+        return self.metadata.num_rows
+
+
+def read_corpus(path: str | os.PathLike) -> Corpus:
+    """Detect the input form of ``path`` and read its rows (no image is decoded)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ReactError(f"corpus not found: {path}")
+    if path.is_file():
+        if path.suffix == ".parquet":
+            return read_parquet_corpus(path)
+        raise ReactError(f"not a corpus: {path} (expected a parquet file or a directory)")
+    if (path / CORPUS_PARQUET).is_file():
+        return read_parquet_corpus(path / CORPUS_PARQUET)
+    if any(p.suffix in (".tar",) or p.name.endswith((".tar.gz", ".tgz")) for p in path.iterdir()):
+        return read_webdataset(path)
+    if any(_is_image(p) for p in path.rglob("*")):
+        return read_imagefolder(path)
+    raise ReactError(f"no corpus found in {path}: no {CORPUS_PARQUET}, no .tar shards, no images")
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+def _check_rows(keys: list[str], captions: list, where: str) -> None:
+    if not keys:
+        raise ReactError(f"empty corpus: {where}")
+    seen: set[str] = set()
+    for i, (key, caption) in enumerate(zip(keys, captions)):
+        if not key:
+            raise ReactError(f"{where}: empty key at row {i}")
+        if key in seen:
+            raise ReactError(f"{where}: duplicate key {key!r}")
+        seen.add(key)
+        if caption is None or not str(caption).strip():
+            raise ReactError(f"{where}: empty caption for key {key!r}")
+
+
+# --- a. parquet + image files -----------------------------------------------------
+
+def read_parquet_corpus(parquet: Path) -> Corpus:
+    table = read_parquet(parquet, required=("key", "caption"))
+    if "image_path" not in table.column_names:
+        raise ReactError(f"{parquet}: no image_path column; download the images first (react download)")
+    keys = [None if k is None else str(k) for k in table.column("key").to_pylist()]
+    _check_rows(keys, table.column("caption").to_pylist(), str(parquet))
+    base = parquet.parent
+    images: list[ImageSource] = []
+    for key, rel in zip(keys, table.column("image_path").to_pylist()):
+        if not rel:
+            raise ReactError(f"{parquet}: no image_path for key {key!r}")
+        images.append(str(base / rel))
+    table = table.set_column(table.column_names.index("key"), "key", pa.array(keys, pa.string()))
+    return Corpus("parquet", parquet, table, images)
+
+
+# --- b. webdataset shards -----------------------------------------------------------
+
+def _split_key(name: str) -> tuple[str, str]:
+    """webdataset's rule: the key is the path up to the first dot of the file name."""
+    directory, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{directory}/{stem}" if directory else stem), ext.lower()
+
+
+def read_webdataset(root: Path) -> Corpus:
+    shards = sorted(p for p in root.iterdir()
+                    if p.is_file() and (p.suffix == ".tar" or p.name.endswith((".tar.gz", ".tgz"))))
+    rows: list[dict] = []
+    images: list[ImageSource] = []
+    for shard in shards:
+        compressed = shard.suffix != ".tar"
+        samples: dict[str, dict] = {}
+        try:
+            with tarfile.open(shard, "r:*") as tf:
+                for member in tf:
+                    if not member.isfile():
+                        continue
+                    key, ext = _split_key(member.name)
+                    sample = samples.setdefault(key, {})
+                    if "." + ext in IMAGE_EXTENSIONS:
+                        if "image" in sample:
+                            raise ReactError(f"{shard}: sample {key!r} has more than one image")
+                        if compressed:
+                            sample["image"] = InlineImage(f"{shard}:{member.name}", tf.extractfile(member).read())
+                        else:
+                            sample["image"] = TarMember(str(shard), member.name, member.offset_data, member.size)
+                    elif ext == "txt":
+                        sample["caption"] = tf.extractfile(member).read().decode("utf-8", "replace").strip()
+                    elif ext == "json":
+                        try:
+                            meta = json.loads(tf.extractfile(member).read())
+                        except (json.JSONDecodeError, UnicodeDecodeError):
+                            raise ReactError(f"{shard}: invalid json for sample {key!r}") from None
+                        sample["url"] = meta.get("url") if isinstance(meta, dict) else None
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise ReactError(f"cannot read shard {shard}: {exc.__class__.__name__}") from None
+        for key, sample in samples.items():
+            if "image" not in sample:
+                raise ReactError(f"{shard}: sample {key!r} has no image")
+            if "caption" not in sample:
+                raise ReactError(f"{shard}: sample {key!r} has no .txt caption")
+            member = sample["image"]
+            member_name = member.name if isinstance(member, TarMember) else member.name.rpartition(":")[2]
+            rows.append({"key": key, "caption": sample["caption"], "url": sample.get("url"),
+                         "image_path": f"{shard.name}:{member_name}", "shard": shard.name})
+            images.append(member)
+    _check_rows([r["key"] for r in rows], [r["caption"] for r in rows], str(root))
+    schema = pa.schema([(c, pa.string()) for c in ("key", "caption", "url", "image_path", "shard")])
+    return Corpus("webdataset", root, pa.Table.from_pylist(rows, schema=schema), images)
+
+
+# --- c. image folder with captions --------------------------------------------------
+
+def read_imagefolder(root: Path) -> Corpus:
+    files = sorted((p for p in root.rglob("*") if _is_image(p)), key=lambda p: p.relative_to(root).as_posix())
+    rows: list[dict] = []
+    for image in files:
+        caption_file = image.with_suffix(".txt")
+        if not caption_file.is_file():
+            raise ReactError(f"no caption for image {image} (expected {caption_file.name} beside it)")
+        try:
+            caption = caption_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ReactError(f"cannot read caption {caption_file}: {exc.__class__.__name__}") from None
+        rel = image.relative_to(root).as_posix()
+        rows.append({"key": rel.rsplit(".", 1)[0], "caption": caption, "image_path": rel})
+    _check_rows([r["key"] for r in rows], [r["caption"] for r in rows], str(root))
+    schema = pa.schema([(c, pa.string()) for c in ("key", "caption", "image_path")])
+    return Corpus("imagefolder", root, pa.Table.from_pylist(rows, schema=schema), [str(p) for p in files])
