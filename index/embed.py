@@ -18,7 +18,7 @@ files or is redone. ``resume=True`` skips parts whose three files exist and
 validate against the input; without ``resume`` or ``overwrite`` a folder that
 already holds parts is refused.
 
-Multi-process (``accelerate launch -m react.cli embed ...`` or any launcher that
+Multi-process (``accelerate launch -m react embed ...`` or any launcher that
 sets ``RANK``/``WORLD_SIZE``): with N processes, process r embeds only the parts
 whose index ``i % N == r``, so no two processes write the same file; each uses
 ``cuda:LOCAL_RANK`` unless ``--device`` is given. After a barrier (accelerate's
