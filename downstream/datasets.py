@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from react.errors import ReactError
-from react.images import load_rgb
+from react.images import load_rgb, read_span
 from react.schemas import CLASSES_FILE, TEMPLATES_FILE, read_parquet
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -94,17 +94,7 @@ class TarDataset(ClassificationDataset):
         member = self.members[index]
         if isinstance(member, bytes):
             return load_rgb(member)
-        try:
-            with open(member.tar, "rb") as fh:
-                fh.seek(member.offset)
-                data = fh.read(member.size)
-        except OSError as exc:
-            raise ReactError(f"cannot read {member.tar}: {exc.__class__.__name__}") from None
-        try:
-            return load_rgb(data)
-        except ReactError:
-            # load_rgb only knows "<bytes>"; name the shard and the member instead.
-            raise ReactError(f"corrupt or unreadable image: {member.tar}:{member.name}") from None
+        return load_rgb(read_span(member.tar, member.offset, member.size), name=f"{member.tar}:{member.name}")
 
 
 # --- helpers --------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Zero-shot classification: score images against prompt-ensemble class embeddings."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -11,18 +10,11 @@ from downstream.datasets import ClassificationDataset
 from downstream.metrics import mean_per_class_recall, per_class_recall, topk_accuracy
 from downstream.templates import DEFAULT_TEMPLATES, describe_templates, get_templates
 from react.errors import ReactError
+from react.loading import LoadFailure, check_batch, collate, guarded
 from react.models import LoadedModel
 from react.progress import console, progress
 
 TOP_K = 5
-
-
-@dataclass
-class _Failed:
-    """A sample that could not be decoded; carried to the main process as data
-    because DataLoader workers would wrap a raised ReactError in a traceback."""
-
-    message: str
 
 
 class _Preprocessed(Dataset):
@@ -35,21 +27,12 @@ class _Preprocessed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | _Failed, int]:
-        try:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | LoadFailure:
+        def load() -> tuple[torch.Tensor, int]:
             image, label = self.dataset[index]
-        except ReactError as exc:
-            return _Failed(str(exc)), -1
-        return self.preprocess(image), label
+            return self.preprocess(image), label
 
-
-def _collate(batch: list[tuple[torch.Tensor | _Failed, int]]) -> tuple[torch.Tensor, torch.Tensor] | _Failed:
-    for item, _ in batch:
-        if isinstance(item, _Failed):
-            return item
-    images = torch.stack([item for item, _ in batch])
-    labels = torch.tensor([label for _, label in batch], dtype=torch.long)
-    return images, labels
+        return guarded(load)
 
 
 def resolve_templates(
@@ -87,16 +70,13 @@ def encode_dataset(
         raise ReactError(f"--batch-size must be >= 1, got {batch_size}")
     loader = DataLoader(
         _Preprocessed(dataset, model.preprocess), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, collate_fn=_collate, pin_memory=model.device.type == "cuda",
+        num_workers=num_workers, collate_fn=collate, pin_memory=model.device.type == "cuda",
         persistent_workers=False,
     )
     features, labels = [], []
     with progress() as bar:
         task = bar.add_task(description, total=len(dataset), unit="img")
-        for batch in loader:
-            if isinstance(batch, _Failed):
-                raise ReactError(batch.message)
-            images, batch_labels = batch
+        for images, batch_labels in map(check_batch, loader):
             features.append(model.encode_images(images))
             labels.append(batch_labels)
             bar.advance(task, len(batch_labels))

@@ -32,7 +32,6 @@ import math
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -44,7 +43,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from index.readers import Corpus, ImageSource, InlineImage, read_corpus
 from react.errors import ReactError
-from react.images import load_rgb
+from react.images import load_rgb, read_span
+from react.loading import LoadFailure, check_batch, collate, guarded
 from react.schemas import (
     EMBEDDING_METADATA_REQUIRED,
     IMG_EMB_DIR,
@@ -64,31 +64,12 @@ NORM_TOL = 1e-2  # float16 rows of unit vectors are within ~1e-3 of norm 1
 
 # --- loading images in workers --------------------------------------------------------
 
-@dataclass
-class _Failed:
-    """An undecodable image, carried to the main process as data: a ReactError
-    raised inside a DataLoader worker would come back as a multi-line traceback."""
-
-    message: str
-
-
 def load_source(source: ImageSource):
     if isinstance(source, str):
         return load_rgb(source)
     if isinstance(source, InlineImage):
-        data, name = source.data, source.name
-    else:
-        name = f"{source.tar}:{source.name}"
-        try:
-            with open(source.tar, "rb") as fh:
-                fh.seek(source.offset)
-                data = fh.read(source.size)
-        except OSError as exc:
-            raise ReactError(f"cannot read {source.tar}: {exc.__class__.__name__}") from None
-    try:
-        return load_rgb(data)
-    except ReactError:
-        raise ReactError(f"corrupt or unreadable image: {name}") from None
+        return load_rgb(source.data, name=source.name)
+    return load_rgb(read_span(source.tar, source.offset, source.size), name=f"{source.tar}:{source.name}")
 
 
 class _Images(Dataset):
@@ -99,18 +80,8 @@ class _Images(Dataset):
     def __len__(self) -> int:
         return len(self.sources)
 
-    def __getitem__(self, index: int) -> torch.Tensor | _Failed:
-        try:
-            return self.preprocess(load_source(self.sources[index]))
-        except ReactError as exc:
-            return _Failed(str(exc))
-
-
-def _collate(batch: list[torch.Tensor | _Failed]) -> torch.Tensor | _Failed:
-    for item in batch:
-        if isinstance(item, _Failed):
-            return item
-    return torch.stack(batch)
+    def __getitem__(self, index: int) -> torch.Tensor | LoadFailure:
+        return guarded(lambda: self.preprocess(load_source(self.sources[index])))
 
 
 # --- distribution ------------------------------------------------------------------------
@@ -388,12 +359,10 @@ def embed_corpus(
         for part in todo:
             lo, hi = part * part_size, min(n, (part + 1) * part_size)
             loader = DataLoader(_Images(data.images[lo:hi], loaded.preprocess), batch_size=batch_size,
-                                shuffle=False, num_workers=n_workers, collate_fn=_collate,
+                                shuffle=False, num_workers=n_workers, collate_fn=collate,
                                 pin_memory=loaded.device.type == "cuda", persistent_workers=False)
             img_chunks = []
-            for batch in loader:
-                if isinstance(batch, _Failed):
-                    raise ReactError(batch.message)
+            for batch in map(check_batch, loader):
                 img_chunks.append(loaded.encode_images(batch).numpy().astype(np.float16))
                 bar.advance(task, len(batch))
             img = np.concatenate(img_chunks) if img_chunks else np.zeros((0, loaded.embed_dim), np.float16)

@@ -28,7 +28,7 @@ from typing import Union
 import pyarrow as pa
 
 from react.errors import ReactError
-from react.schemas import read_parquet
+from react.schemas import check_pairs, read_parquet
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 CORPUS_PARQUET = "retrieval.parquet"
@@ -88,20 +88,6 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
-def _check_rows(keys: list[str], captions: list, where: str) -> None:
-    if not keys:
-        raise ReactError(f"empty corpus: {where}")
-    seen: set[str] = set()
-    for i, (key, caption) in enumerate(zip(keys, captions)):
-        if not key:
-            raise ReactError(f"{where}: empty key at row {i}")
-        if key in seen:
-            raise ReactError(f"{where}: duplicate key {key!r}")
-        seen.add(key)
-        if caption is None or not str(caption).strip():
-            raise ReactError(f"{where}: empty caption for key {key!r}")
-
-
 # --- a. parquet + image files -----------------------------------------------------
 
 def read_parquet_corpus(parquet: Path) -> Corpus:
@@ -109,7 +95,7 @@ def read_parquet_corpus(parquet: Path) -> Corpus:
     if "image_path" not in table.column_names:
         raise ReactError(f"{parquet}: no image_path column; download the images first (react download)")
     keys = [None if k is None else str(k) for k in table.column("key").to_pylist()]
-    _check_rows(keys, table.column("caption").to_pylist(), str(parquet))
+    check_pairs(keys, table.column("caption").to_pylist(), str(parquet))
     base = parquet.parent
     images: list[ImageSource] = []
     for key, rel in zip(keys, table.column("image_path").to_pylist()):
@@ -171,7 +157,7 @@ def read_webdataset(root: Path) -> Corpus:
             rows.append({"key": key, "caption": sample["caption"], "url": sample.get("url"),
                          "image_path": f"{shard.name}:{member_name}", "shard": shard.name})
             images.append(member)
-    _check_rows([r["key"] for r in rows], [r["caption"] for r in rows], str(root))
+    check_pairs([r["key"] for r in rows], [r["caption"] for r in rows], str(root))
     schema = pa.schema([(c, pa.string()) for c in ("key", "caption", "url", "image_path", "shard")])
     return Corpus("webdataset", root, pa.Table.from_pylist(rows, schema=schema), images)
 
@@ -191,6 +177,6 @@ def read_imagefolder(root: Path) -> Corpus:
             raise ReactError(f"cannot read caption {caption_file}: {exc.__class__.__name__}") from None
         rel = image.relative_to(root).as_posix()
         rows.append({"key": rel.rsplit(".", 1)[0], "caption": caption, "image_path": rel})
-    _check_rows([r["key"] for r in rows], [r["caption"] for r in rows], str(root))
+    check_pairs([r["key"] for r in rows], [r["caption"] for r in rows], str(root))
     schema = pa.schema([(c, pa.string()) for c in ("key", "caption", "image_path")])
     return Corpus("imagefolder", root, pa.Table.from_pylist(rows, schema=schema), [str(p) for p in files])

@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
 
 from react.errors import ReactError
 
-# (stage module, function that adds its parsers). Each stage exposes
-# ``add_parsers(subparsers)``; commands set ``func`` via set_defaults.
+# Modules that each expose ``add_parsers(subparsers)``; their commands set
+# ``func`` via set_defaults.
 STAGES: tuple[str, ...] = ("react.embedded.cli", "downstream.cli", "index.cli", "react.demo")
 
 
@@ -50,10 +49,3 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main() -> None:
     sys.exit(run())
 
-
-def existing_dir(value: str) -> Path:
-    """argparse type: a directory that exists."""
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"not a directory: {value}")
-    return path

@@ -27,9 +27,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(source: str | Path | bytes) -> Image.Image:
-    """Open and fully decode an image, or raise ReactError naming it."""
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
+def read_span(path: str | Path, offset: int, size: int) -> bytes:
+    """Bytes of one member of an uncompressed tar, by seeking: loader workers
+    then share nothing but (path, offset, size)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(size)
+    except OSError as exc:
+        raise ReactError(f"cannot read {path}: {exc.__class__.__name__}") from None
+
+
+def load_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Open and fully decode an image, or raise ReactError naming it
+    (``name`` says where in-memory bytes came from, e.g. ``shard.tar:member``)."""
+    name = name or ("<bytes>" if isinstance(source, bytes) else str(source))
     try:
         fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
         with fh:

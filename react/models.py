@@ -67,12 +67,13 @@ class LoadedModel:
     def class_embeddings(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """CLIP's prompt ensemble: mean of normalized template embeddings, renormalized.
 
-        Returns [num_classes, dim]."""
+        Templates use ``{}`` for the class (``downstream.templates`` normalizes
+        other spellings). Returns [num_classes, dim]."""
         if not classnames:
             raise ReactError("no class names given")
         if not templates:
             raise ReactError("no prompt templates given")
-        prompts = [t.format(c) if "{}" in t else t.replace("{c}", c) for c in classnames for t in templates]
+        prompts = [t.format(c) for c in classnames for t in templates]
         feats = self.encode_texts(prompts).view(len(classnames), len(templates), -1).mean(dim=1)
         return torch.nn.functional.normalize(feats, dim=-1)
 

@@ -1,8 +1,6 @@
 """One look for every progress bar in the project."""
 from __future__ import annotations
 
-import sys
-
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -40,5 +38,4 @@ def progress(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
-        disable=not sys.stderr.isatty() and False,
     )

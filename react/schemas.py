@@ -91,19 +91,24 @@ def read_parquet(path: str | os.PathLike, required: tuple[str, ...] = ()) -> pa.
     return table
 
 
-def validate_corpus_table(table: pa.Table, where: str) -> None:
-    """Keys unique and non-empty; captions non-empty."""
-    require_columns(table, CORPUS_REQUIRED, where)
-    keys = table.column("key").to_pylist()
-    if any(not k for k in keys):
-        raise ReactError(f"{where}: empty key at row {next(i for i, k in enumerate(keys) if not k)}")
-    if len(set(keys)) != len(keys):
-        seen: set[str] = set()
-        dup = next(k for k in keys if k in seen or seen.add(k))
-        raise ReactError(f"{where}: duplicate key {dup!r}")
-    for i, caption in enumerate(table.column("caption").to_pylist()):
+def check_pairs(keys: list, captions: list, where: str) -> None:
+    """At least one pair; keys unique and non-empty; captions non-empty."""
+    if not keys:
+        raise ReactError(f"empty corpus: {where}")
+    seen: set = set()
+    for i, (key, caption) in enumerate(zip(keys, captions)):
+        if not key:
+            raise ReactError(f"{where}: empty key at row {i}")
+        if key in seen:
+            raise ReactError(f"{where}: duplicate key {key!r}")
+        seen.add(key)
         if caption is None or not str(caption).strip():
-            raise ReactError(f"{where}: empty caption for key {keys[i]!r}")
+            raise ReactError(f"{where}: empty caption for key {key!r}")
+
+
+def validate_corpus_table(table: pa.Table, where: str) -> None:
+    require_columns(table, CORPUS_REQUIRED, where)
+    check_pairs(table.column("key").to_pylist(), table.column("caption").to_pylist(), where)
 
 
 @contextmanager

