@@ -14,8 +14,6 @@ raises ReactError naming the culprit.
 """
 from __future__ import annotations
 
-import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,16 +21,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from react.errors import ReactError
-from react.images import load_rgb, read_span
+from react.images import IMAGE_EXTENSIONS, load_rgb
+from react.shards import ShardImage, load_shard_image, scan_tar
 from react.schemas import CLASSES_FILE, TEMPLATES_FILE, read_parquet
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 EMBEDDED_PARQUET = "downstream.parquet"
 WDS_CLASSNAMES = "classnames.txt"
 WDS_TEMPLATES = "zeroshot_classification_templates.txt"
 SPLIT_NAMES = ("train", "val", "test")
-# webdataset extensions that hold the image, in order of preference.
-WDS_IMAGE_EXTS = ("webp", "jpg", "jpeg", "png", "bmp")
 
 
 class ClassificationDataset(Dataset):
@@ -70,31 +66,18 @@ class FileListDataset(ClassificationDataset):
         return load_rgb(self.paths[index])
 
 
-@dataclass(frozen=True)
-class TarMember:
-    """Where one sample's image bytes sit inside an uncompressed tar."""
-
-    tar: Path
-    name: str
-    offset: int  # of the data, not the header
-    size: int
-
-
 class TarDataset(ClassificationDataset):
     """CLIP_benchmark shards, read by seeking into the tar, so workers can share it.
 
     Compressed tars cannot be seeked; their images are held in memory instead."""
 
-    def __init__(self, name: str, classnames: Sequence[str], members: Sequence[TarMember | bytes],
+    def __init__(self, name: str, classnames: Sequence[str], members: Sequence[ShardImage],
                  labels: Sequence[int], templates: Sequence[str] | None = None) -> None:
         super().__init__(name, classnames, labels, templates)
         self.members = list(members)
 
     def load_image(self, index: int) -> Image.Image:
-        member = self.members[index]
-        if isinstance(member, bytes):
-            return load_rgb(member)
-        return load_rgb(read_span(member.tar, member.offset, member.size), name=f"{member.tar}:{member.name}")
+        return load_shard_image(self.members[index])
 
 
 # --- helpers --------------------------------------------------------------------
@@ -117,6 +100,15 @@ def _read_classnames(path: Path) -> list[str]:
             raise ReactError(f"duplicate class name {name!r} in {path}")
         seen.add(name)
     return names
+
+
+def _own_templates(path: Path) -> list[str] | None:
+    """A dataset's own prompt templates, if it ships a file of them."""
+    if not path.is_file():
+        return None
+    from downstream.templates import read_template_file
+
+    return read_template_file(path)
 
 
 def _is_image(path: Path) -> bool:
@@ -151,12 +143,8 @@ def _build_embedded(parquet: Path, split: str) -> FileListDataset:
         labels.append(index[label])
     if not labels:
         raise ReactError(f"{parquet} has no rows")
-    templates = None
-    if (root / TEMPLATES_FILE).is_file():  # the task's own prompts, as CLIP_benchmark ships them
-        from downstream.templates import read_template_file
-
-        templates = read_template_file(root / TEMPLATES_FILE)
-    return FileListDataset(root.name, classnames, paths, labels, templates)
+    # the task's own prompts, as CLIP_benchmark ships them
+    return FileListDataset(root.name, classnames, paths, labels, _own_templates(root / TEMPLATES_FILE))
 
 
 # --- b. ImageFolder ---------------------------------------------------------------
@@ -198,46 +186,16 @@ def _build_imagefolder(root: Path, split: str) -> FileListDataset:
 
 # --- c. CLIP_benchmark webdataset -------------------------------------------------
 
-def _split_key(member_name: str) -> tuple[str, str]:
-    """webdataset's convention: the key runs up to the first dot of the file name."""
-    directory, _, base = member_name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    return (f"{directory}/{stem}" if directory else stem), ext.lower() if dot else ""
-
-
-def _scan_tar(tar_path: Path) -> list[tuple[str, TarMember | bytes, int]]:
+def _scan_shard(tar_path: Path) -> list[tuple[str, ShardImage, int]]:
     """(key, image location, label) for every sample of one shard, in tar order."""
-    samples: dict[str, dict[str, object]] = {}
-    try:
-        with tarfile.open(tar_path, "r:*") as tf:
-            # Offsets into a compressed stream mean nothing: keep those bytes in memory.
-            compressed = _is_compressed(tar_path)
-            for m in tf:
-                if not m.isfile():
-                    continue
-                key, ext = _split_key(m.name)
-                if ext == "cls":
-                    samples.setdefault(key, {})["cls"] = tf.extractfile(m).read()
-                elif ext in WDS_IMAGE_EXTS:
-                    where = tf.extractfile(m).read() if compressed else \
-                        TarMember(tar_path, m.name, m.offset_data, m.size)
-                    samples.setdefault(key, {}).setdefault("image", where)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ReactError(f"unreadable tar shard {tar_path}: {exc.__class__.__name__}") from None
     out = []
-    for key, parts in samples.items():
-        if "image" not in parts:
-            raise ReactError(f"{tar_path}: sample {key!r} has a .cls but no image")
-        if "cls" not in parts:
-            raise ReactError(f"{tar_path}: sample {key!r} has an image but no .cls label")
-        out.append((key, parts["image"], _parse_cls(parts["cls"], tar_path, key)))
+    for sample in scan_tar(tar_path, want=("cls",)):
+        if sample.image is None:
+            raise ReactError(f"{tar_path}: sample {sample.key!r} has a .cls but no image")
+        if "cls" not in sample.files:
+            raise ReactError(f"{tar_path}: sample {sample.key!r} has an image but no .cls label")
+        out.append((sample.key, sample.image, _parse_cls(sample.files["cls"], tar_path, sample.key)))
     return out
-
-
-def _is_compressed(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        magic = fh.read(6)
-    return magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd"))
 
 
 def _parse_cls(raw: object, tar_path: Path, key: str) -> int:
@@ -249,12 +207,7 @@ def _parse_cls(raw: object, tar_path: Path, key: str) -> int:
 
 def _build_wds(root: Path, split: str) -> TarDataset:
     classnames = _read_classnames(root / WDS_CLASSNAMES)
-    templates_file = root / WDS_TEMPLATES
-    templates = None
-    if templates_file.is_file():
-        from downstream.templates import read_template_file
-
-        templates = read_template_file(templates_file)
+    templates = _own_templates(root / WDS_TEMPLATES)
     split_dir = root / split
     if not split_dir.is_dir():
         present = [d.name for d in _subdirs(root)]
@@ -264,7 +217,7 @@ def _build_wds(root: Path, split: str) -> TarDataset:
         raise ReactError(f"no .tar shards in {split_dir}")
     members, labels = [], []
     for shard in shards:
-        for key, where, label in _scan_tar(shard):
+        for key, where, label in _scan_shard(shard):
             if not 0 <= label < len(classnames):
                 raise ReactError(f"{shard}: sample {key!r} has label {label}, "
                                  f"outside the {len(classnames)} classes of {root / WDS_CLASSNAMES}")

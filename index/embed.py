@@ -41,9 +41,10 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from index.readers import Corpus, ImageSource, InlineImage, read_corpus
+from index.readers import Corpus, ImageSource, read_corpus
 from react.errors import ReactError
-from react.images import load_rgb, read_span
+from react.images import load_rgb
+from react.shards import load_shard_image
 from react.loading import LoadFailure, check_batch, collate, guarded
 from react.schemas import (
     EMBEDDING_METADATA_REQUIRED,
@@ -67,9 +68,7 @@ NORM_TOL = 1e-2  # float16 rows of unit vectors are within ~1e-3 of norm 1
 def load_source(source: ImageSource):
     if isinstance(source, str):
         return load_rgb(source)
-    if isinstance(source, InlineImage):
-        return load_rgb(source.data, name=source.name)
-    return load_rgb(read_span(source.tar, source.offset, source.size), name=f"{source.tar}:{source.name}")
+    return load_shard_image(source)
 
 
 class _Images(Dataset):

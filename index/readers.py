@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -28,28 +27,11 @@ from typing import Union
 import pyarrow as pa
 
 from react.errors import ReactError
+from react.images import IMAGE_EXTENSIONS
 from react.schemas import check_pairs, read_parquet
+from react.shards import InlineImage, TarMember, is_shard, scan_tar
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 CORPUS_PARQUET = "retrieval.parquet"
-
-
-@dataclass(frozen=True)
-class TarMember:
-    """An image inside an uncompressed tar, read by seeking."""
-
-    tar: str
-    name: str
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True)
-class InlineImage:
-    """An image held in memory (members of compressed tars cannot be seeked)."""
-
-    name: str
-    data: bytes
 
 
 ImageSource = Union[str, TarMember, InlineImage]
@@ -77,7 +59,7 @@ def read_corpus(path: str | os.PathLike) -> Corpus:
         raise ReactError(f"not a corpus: {path} (expected a parquet file or a directory)")
     if (path / CORPUS_PARQUET).is_file():
         return read_parquet_corpus(path / CORPUS_PARQUET)
-    if any(p.suffix in (".tar",) or p.name.endswith((".tar.gz", ".tgz")) for p in path.iterdir()):
+    if any(is_shard(p) for p in path.iterdir()):
         return read_webdataset(path)
     if any(_is_image(p) for p in path.rglob("*")):
         return read_imagefolder(path)
@@ -108,58 +90,36 @@ def read_parquet_corpus(parquet: Path) -> Corpus:
 
 # --- b. webdataset shards -----------------------------------------------------------
 
-def _split_key(name: str) -> tuple[str, str]:
-    """webdataset's rule: the key is the path up to the first dot of the file name."""
-    directory, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    return (f"{directory}/{stem}" if directory else stem), ext.lower()
-
-
 def read_webdataset(root: Path) -> Corpus:
-    shards = sorted(p for p in root.iterdir()
-                    if p.is_file() and (p.suffix == ".tar" or p.name.endswith((".tar.gz", ".tgz"))))
     rows: list[dict] = []
     images: list[ImageSource] = []
-    for shard in shards:
-        compressed = shard.suffix != ".tar"
-        samples: dict[str, dict] = {}
-        try:
-            with tarfile.open(shard, "r:*") as tf:
-                for member in tf:
-                    if not member.isfile():
-                        continue
-                    key, ext = _split_key(member.name)
-                    sample = samples.setdefault(key, {})
-                    if "." + ext in IMAGE_EXTENSIONS:
-                        if "image" in sample:
-                            raise ReactError(f"{shard}: sample {key!r} has more than one image")
-                        if compressed:
-                            sample["image"] = InlineImage(f"{shard}:{member.name}", tf.extractfile(member).read())
-                        else:
-                            sample["image"] = TarMember(str(shard), member.name, member.offset_data, member.size)
-                    elif ext == "txt":
-                        sample["caption"] = tf.extractfile(member).read().decode("utf-8", "replace").strip()
-                    elif ext == "json":
-                        try:
-                            meta = json.loads(tf.extractfile(member).read())
-                        except (json.JSONDecodeError, UnicodeDecodeError):
-                            raise ReactError(f"{shard}: invalid json for sample {key!r}") from None
-                        sample["url"] = meta.get("url") if isinstance(meta, dict) else None
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise ReactError(f"cannot read shard {shard}: {exc.__class__.__name__}") from None
-        for key, sample in samples.items():
-            if "image" not in sample:
-                raise ReactError(f"{shard}: sample {key!r} has no image")
-            if "caption" not in sample:
-                raise ReactError(f"{shard}: sample {key!r} has no .txt caption")
-            member = sample["image"]
-            member_name = member.name if isinstance(member, TarMember) else member.name.rpartition(":")[2]
-            rows.append({"key": key, "caption": sample["caption"], "url": sample.get("url"),
+    for shard in sorted(p for p in root.iterdir() if is_shard(p)):
+        for sample in scan_tar(shard, want=("txt", "json")):
+            if sample.extra_images:
+                raise ReactError(f"{shard}: sample {sample.key!r} has more than one image")
+            if sample.image is None:
+                raise ReactError(f"{shard}: sample {sample.key!r} has no image")
+            if "txt" not in sample.files:
+                raise ReactError(f"{shard}: sample {sample.key!r} has no .txt caption")
+            member_name = sample.image.name.rpartition(":")[2] if isinstance(sample.image, InlineImage) \
+                else sample.image.name
+            rows.append({"key": sample.key, "caption": sample.files["txt"].decode("utf-8", "replace").strip(),
+                         "url": _json_url(sample.files.get("json"), shard, sample.key),
                          "image_path": f"{shard.name}:{member_name}", "shard": shard.name})
-            images.append(member)
+            images.append(sample.image)
     check_pairs([r["key"] for r in rows], [r["caption"] for r in rows], str(root))
     schema = pa.schema([(c, pa.string()) for c in ("key", "caption", "url", "image_path", "shard")])
     return Corpus("webdataset", root, pa.Table.from_pylist(rows, schema=schema), images)
+
+
+def _json_url(raw: bytes | None, shard: Path, key: str) -> str | None:
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ReactError(f"{shard}: invalid json for sample {key!r}") from None
+    return meta.get("url") if isinstance(meta, dict) else None
 
 
 # --- c. image folder with captions --------------------------------------------------

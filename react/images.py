@@ -9,6 +9,7 @@ from PIL import Image, UnidentifiedImageError
 from react.errors import ReactError
 
 BACKGROUND = (255, 255, 255)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
