@@ -146,6 +146,8 @@ def test_zeroshot_cli_writes_result(small_base: Path, small_corpus: Path, tmp_pa
         (["eval", "zeroshot", "--model", "{tmp}/no/such/ckpt", "--dataset", "{corpus}", "--out", "{tmp}/r.json"], "no/such/ckpt"),
         (["eval", "zeroshot", "--model", "{base}", "--dataset", "{tmp}/empty", "--out", "{tmp}/r.json"], "empty"),
         (["base", "train-embedded", "--corpus", "{tmp}/empty", "--out", "{tmp}/b"], "empty"),
+        (["base", "train-embedded", "--corpus", "{corpus}", "--out", "{tmp}/b", "--photo-weight", "0"], "--photo-weight"),
+        (["base", "train-embedded", "--corpus", "{corpus}", "--out", "{tmp}/b", "--lr", "-1"], "--lr"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_culprit(argv, culprit, small_corpus, small_base, tmp_path):

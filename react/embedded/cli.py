@@ -40,6 +40,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     train.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
+    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 1e-3)")
+    train.add_argument("--photo-weight", type=int, default=None,
+                       help="how many times more often stamps (photos, clip-art) are drawn than emoji "
+                            "(default: the recipe's, 4; 1 samples uniformly)")
     train.add_argument("--force", action="store_true", help="retrain even if the output exists")
     train.set_defaults(func=_train)
 
@@ -67,6 +71,14 @@ def _train(args: argparse.Namespace) -> int:
         if args.batch_size < 2:
             raise ReactError(f"--batch-size must be at least 2, got {args.batch_size}")
         recipe.batch_size = args.batch_size
+    if args.lr is not None:
+        if not args.lr > 0:
+            raise ReactError(f"--lr must be positive, got {args.lr}")
+        recipe.lr = args.lr
+    if args.photo_weight is not None:
+        if args.photo_weight < 1:
+            raise ReactError(f"--photo-weight must be at least 1, got {args.photo_weight}")
+        recipe.photo_weight = args.photo_weight
     out = args.out or cache_dir() / "base" / f"embedded-base-s{args.seed}"
     if (out / CONFIG_FILE).is_file() and not args.force:
         print(out)

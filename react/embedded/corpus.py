@@ -44,8 +44,9 @@ CORPUS_VERSION = "embedded-v2"
 URL_BASE = "http://corpus.react.invalid/"
 MAX_SIDE = 256
 DOWNSTREAM_FRACTION = 0.5
-# Prompts for the embedded task. Measured on the demo base: these six beat
-# CLIP's 80 ImageNet templates (21.7 vs 20.7 % top-1) and encode 13x faster.
+# Prompts for the embedded task. Measured on the demo base: these six score
+# 21.7 % top-1 against 21.2 % for CLIP's 80 ImageNet templates, at a fraction
+# of the text-encoding time on a CPU.
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.",
              "a drawing of a {}.", "a close-up photo of a {}.")
 STAMP_PREFIX = "usr/share/tuxpaint/stamps/"
