@@ -1,4 +1,4 @@
-"""``react embed`` (``react index ...`` is added here as it is built)."""
+"""``react embed`` and ``react index {build,tune,eval}``."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,103 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--resume", action="store_true", help="keep finished, valid parts; redo the rest")
     mode.add_argument("--overwrite", action="store_true", help="replace embeddings already in EMB_DIR")
     embed.set_defaults(func=_embed)
+    _add_index_parsers(sub)
+
+
+def _add_query_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queries", default=None, metavar="QUERY.npy|EMB_DIR",
+                   help="query vectors (.npy [n, dim]) or an embedding folder whose text side is sampled; "
+                        "default: held-out caption embeddings of this corpus (T2I for the image index, T2T for text)")
+    p.add_argument("--n-queries", type=int, default=1000, metavar="N", help="queries to sample (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-recall", type=float, default=0.95, metavar="R",
+                   help="recall@k against exact search that the tuned setting must reach (default: 0.95)")
+    p.add_argument("--k", type=int, default=50, help="the k of recall@k; REACT retrieves top-k per query (default: 50)")
+
+
+def _add_index_parsers(sub: argparse._SubParsersAction) -> None:
+    index = sub.add_parser("index", help="FAISS indices over an embedding folder: build, tune, eval",
+                           description="Approximate nearest-neighbour indices over CLIP embeddings, chosen and tuned "
+                           "by measured recall on the real (text-side) query distribution.")
+    isub = index.add_subparsers(dest="index_command", metavar="{build,tune,eval}", required=True)
+
+    build = isub.add_parser(
+        "build", help="build and tune one index per modality",
+        description="Build an index per modality over EMB_DIR. With --factory auto the candidates that fit the "
+        "memory budget (HNSW32 graph; IVF{nlist}_HNSW32 inverted file; SQ8/OPQ+PQ codes when nothing else fits) "
+        "are built on a sample, swept to the recall target, and the fastest that meets it is built over all rows "
+        "and tuned again at full size. NaN and zero-norm rows are counted and skipped. The folder is written "
+        "under a temporary name and renamed when complete.")
+    build.add_argument("emb_dir", type=Path, metavar="EMB_DIR", help="embedding folder (react embed output or LAION's)")
+    build.add_argument("--out", type=Path, required=True, metavar="INDEX_DIR", help="index folder to write")
+    build.add_argument("--modality", default="both", choices=("image", "text", "both"),
+                       help="which embeddings to index: image (T2I), text (T2T) or both (default: both)")
+    build.add_argument("--factory", default="auto", metavar="auto|FAISS_FACTORY",
+                       help="'auto' (default) to choose by measurement, or any faiss factory string, e.g. HNSW32, "
+                            "IVF4096_HNSW32,Flat, OPQ64_256,IVF65536_HNSW32,PQ64x8")
+    _add_target_args(build)
+    _add_query_args(build)
+    build.add_argument("--memory-gb", type=float, default=None, metavar="GB",
+                       help="RAM budget for one index when choosing candidates (default: 60%% of physical memory)")
+    build.add_argument("--sample-size", type=int, default=200_000, metavar="N",
+                       help="rows the candidates are compared on before the full build (default: 200000)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing INDEX_DIR")
+    build.set_defaults(func=_index_build)
+
+    tune = isub.add_parser("tune", help="re-pick the search parameters of a built index for a recall target",
+                           description="Measure recall@k against exact search along efSearch/nprobe and store the "
+                           "smallest setting that reaches the target in INDEX_DIR/index.json.")
+    tune.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
+    _add_target_args(tune)
+    _add_query_args(tune)
+    tune.add_argument("--embeddings", type=Path, default=None, metavar="EMB_DIR",
+                      help="the embedding folder the index was built from, if it moved")
+    tune.set_defaults(func=_index_tune)
+
+    ev = isub.add_parser("eval", help="recall@1/10/50 and queries/s along the search knob, next to exact search",
+                         description="For each index in INDEX_DIR, sweep efSearch (or nprobe) and print recall@1/10/50 "
+                         "and queries/s against exact IndexFlatIP search on the same queries, measured in this run.")
+    ev.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
+    _add_query_args(ev)
+    ev.add_argument("--embeddings", type=Path, default=None, metavar="EMB_DIR",
+                    help="the embedding folder the index was built from, if it moved")
+    ev.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="also write the tables as JSON")
+    ev.set_defaults(func=_index_eval)
+
+
+def _index_build(args: argparse.Namespace) -> int:
+    from index.build import build_index
+
+    build_index(args.emb_dir, args.out, modality=args.modality, factory=args.factory,
+                target_recall=args.target_recall, k=args.k, queries=args.queries, n_queries=args.n_queries,
+                memory_gb=args.memory_gb, sample_size=args.sample_size, seed=args.seed, overwrite=args.overwrite)
+    print(args.out)
+    return 0
+
+
+def _index_tune(args: argparse.Namespace) -> int:
+    from index.evaluate import retune_index
+
+    retune_index(args.index_dir, target_recall=args.target_recall, k=args.k, queries=args.queries,
+                 n_queries=args.n_queries, embeddings=args.embeddings, seed=args.seed)
+    return 0
+
+
+def _index_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from index.evaluate import evaluate_index, print_report
+    from react.schemas import write_text
+
+    report = evaluate_index(args.index_dir, queries=args.queries, n_queries=args.n_queries,
+                            embeddings=args.embeddings, seed=args.seed)
+    print_report(report)
+    if args.json:
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
+    return 0
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -191,7 +191,7 @@ def check_embeddings(emb_dir: str | os.PathLike, norms: bool = True) -> dict:
     Checks: the same part numbers 0..n-1 in all three sub-folders; per part equal
     row counts, float16, 2-D, equal dims (across parts too); unit-norm rows;
     keys unique across the folder. Returns ``{"parts", "count", "dim",
-    "rows_per_part", "model"}`` (``model`` from embed.json, if present)."""
+    "rows_per_part", "model", "model_id"}`` (the model fields from embed.json, if present)."""
     root = Path(emb_dir)
     if not root.is_dir():
         raise ReactError(f"embedding folder not found: {root}")
@@ -224,7 +224,8 @@ def check_embeddings(emb_dir: str | os.PathLike, norms: bool = True) -> dict:
         if manifest.get("count") not in (None, sum(rows_per_part)):
             raise ReactError(f"{root / EMBED_JSON}: count {manifest['count']} but the parts hold {sum(rows_per_part)}")
     return {"parts": len(rows_per_part), "count": sum(rows_per_part), "dim": dim,
-            "rows_per_part": rows_per_part, "model": (manifest or {}).get("model")}
+            "rows_per_part": rows_per_part, "model": (manifest or {}).get("model"),
+            "model_id": (manifest or {}).get("model_id") or (manifest or {}).get("model")}
 
 
 def _read_manifest(root: Path) -> dict | None:
@@ -325,8 +326,8 @@ def embed_corpus(
         loaded = load_model(model, pretrained=pretrained, device=device)
     n = len(data)
     n_parts = math.ceil(n / part_size)
-    plan = {"model": loaded.name, "dim": loaded.embed_dim, "count": n, "part_size": part_size,
-            "parts": n_parts, "input": str(data.path), "input_form": data.form}
+    plan = {"model": loaded.name, "model_id": loaded.identity or loaded.name, "dim": loaded.embed_dim,
+            "count": n, "part_size": part_size, "parts": n_parts, "input": str(data.path), "input_form": data.form}
     manifest = _read_manifest(root) if resume else None
     if manifest:
         for field in ("model", "count", "part_size"):

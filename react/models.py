@@ -34,6 +34,9 @@ class LoadedModel:
     name: str
     device: torch.device
     model_cfg: dict = field(default_factory=dict)
+    # What indices and runs record to refuse mixing models: the open_clip name
+    # and tag, or for a model directory a digest of its weights (paths move).
+    identity: str = ""
 
     @property
     def embed_dim(self) -> int:
@@ -154,6 +157,7 @@ def load_model(
         else:
             tokenizer = open_clip.get_tokenizer(LOCAL_PREFIX + str(local_path.resolve()))
         name = str(local_path)
+        identity = "sha256:" + file_digest(local_path / WEIGHTS_FILE)
     else:
         if spec_str.startswith(LOCAL_PREFIX) or os.sep in spec_str or spec_str.startswith("."):
             raise ReactError(f"model directory does not exist: {local}")
@@ -169,9 +173,21 @@ def load_model(
         tokenizer = open_clip.get_tokenizer(spec_str)
         model_cfg = open_clip.get_model_config(spec_str) or {}
         name = f"{spec_str}:{pretrained}" if pretrained else spec_str
+        identity = name
     model.eval()
     return LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name,
-                       device=device, model_cfg=model_cfg)
+                       device=device, model_cfg=model_cfg, identity=identity)
+
+
+def file_digest(path: Path, length: int = 16) -> str:
+    """Leading hex digits of a file's SHA-256, read in 16 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()[:length]
 
 
 def save_model(

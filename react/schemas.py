@@ -54,6 +54,23 @@ def metadata_path(root: Path, part: int) -> Path:
     return Path(root) / METADATA_DIR / f"metadata_{part}.parquet"
 
 
+# --- index folder -------------------------------------------------------------
+# INDEX_DIR/index.json, one faiss file per modality, the row metadata as a
+# memory-mappable Arrow IPC file (global row order), and -- only when the build
+# skipped bad rows -- the faiss id -> global row map.
+INDEX_JSON = "index.json"
+INDEX_METADATA = "metadata.arrow"
+INDEX_FORMAT = 1
+
+
+def index_file(root: Path, modality: str) -> Path:
+    return Path(root) / f"{modality}.faiss"
+
+
+def index_ids_file(root: Path, modality: str) -> Path:
+    return Path(root) / f"{modality}_ids.npy"
+
+
 # --- retrieved subset ---------------------------------------------------------
 SUBSET_SCHEMA = pa.schema(
     [

@@ -1,0 +1,216 @@
+"""``react index build``: one faiss index per modality, chosen and tuned by measurement.
+
+1. Candidates (:func:`index.factory.auto_candidates`, or the forced
+   ``--factory``) are built on a sample of at most ``sample_size`` rows and
+   each is swept to the recall target on the real query distribution; the
+   fastest that meets it wins. A corpus no bigger than the sample skips 2.
+2. The winner is built over the whole folder, streaming parts (memory stays
+   near the index size: vectors pass through once, a chunk at a time).
+3. It is tuned again at full size -- knob settings do not transfer from a
+   sample -- and written with ``index.json`` into a temporary folder that is
+   renamed onto ``INDEX_DIR`` only when everything succeeded.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index.factory import Candidate, auto_candidates, bytes_per_vector, memory_budget, new_index, parse_factory, train_rows
+from index.metadata import write_metadata
+from index.query import QuerySet, reconstructor
+from index.tune import Truth, bind, default_queries, ground_truth, load_queries, pick, sweep
+from index.vectors import MODALITIES, EmbeddingFolder
+from react.errors import ReactError
+from react.progress import console, progress
+from react.schemas import INDEX_FORMAT, INDEX_JSON, atomic_dir, index_file, index_ids_file
+
+SAMPLE_SIZE = 200_000
+SHIFT_SAMPLE = 50_000
+
+
+def modalities_of(modality: str) -> tuple[str, ...]:
+    if modality == "both":
+        return MODALITIES
+    if modality not in MODALITIES:
+        raise ReactError(f"--modality must be image, text or both, got {modality!r}")
+    return (modality,)
+
+
+def check_args(target_recall: float, k: int, n_queries: int) -> None:
+    if not 0 < target_recall <= 1:
+        raise ReactError(f"--target-recall must be in (0, 1], got {target_recall}")
+    if k < 1:
+        raise ReactError(f"--k must be >= 1, got {k}")
+    if n_queries < 1:
+        raise ReactError(f"--n-queries must be >= 1, got {n_queries}")
+
+
+def modality_gap(folder: EmbeddingFolder, n: int = SHIFT_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Mean image embedding minus mean text embedding over a sample of pairs."""
+    rows = folder.sample_rows(n, seed=seed + 2)
+    img_rows, img = folder.gather("image", rows)
+    txt_rows, txt = folder.gather("text", rows)
+    both = np.intersect1d(img_rows, txt_rows)
+    gap = img[np.isin(img_rows, both)].mean(axis=0) - txt[np.isin(txt_rows, both)].mean(axis=0)
+    return gap.astype(np.float32)
+
+
+def variants(modality: str, queries: QuerySet) -> list[dict]:
+    """Search variants worth measuring: for text queries against images, the
+    modality-gap shift and over-fetch re-ranking (see :mod:`index.query`)."""
+    if modality == "image" and queries.name == "t2i":
+        return [{}, {"rerank": 2}, {"shift": 1, "rerank": 2}]
+    return [{}]
+
+
+class Built:
+    """A built index with what searching it needs."""
+
+    def __init__(self, candidate: Candidate, index: faiss.Index, rows: np.ndarray, seconds: float) -> None:
+        self.candidate, self.index, self.seconds = candidate, index, seconds
+        self.ids = None if np.array_equal(rows, np.arange(len(rows))) else rows
+        self.count = int(index.ntotal)
+
+    def searcher(self, folder: EmbeddingFolder, modality: str, shift: np.ndarray | None):
+        if self.candidate.exact_codes:
+            stored = reconstructor(self.index)
+        else:
+            ids = self.ids
+            stored = lambda fids: folder.take(modality, ids[fids] if ids is not None else fids)  # noqa: E731
+        return bind(self.index, ids=self.ids, shift=shift, stored=stored)
+
+
+def build_one_index(candidate: Candidate, folder: EmbeddingFolder, modality: str, chunks, n: int,
+                    seed: int = 0, label: str = "") -> Built:
+    t0 = time.perf_counter()
+    index = new_index(candidate, folder.dim)
+    need = train_rows(candidate, n)
+    if need and not index.is_trained:
+        _, sample = folder.gather(modality, folder.sample_rows(need, seed=seed + 3))
+        with console.status(f"training {candidate.factory} on {len(sample):,} vectors"):
+            index.train(sample)
+    rows = []
+    with progress() as bar:
+        task = bar.add_task(f"adding to {candidate.factory}{label}", total=n, unit="vec")
+        for chunk_rows, vecs in chunks():
+            index.add(vecs)
+            rows.append(chunk_rows)
+            bar.advance(task, len(chunk_rows))
+    rows_all = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    if len(rows_all) == 0:
+        raise ReactError(f"{folder.root}: no usable {modality} embeddings (all NaN or zero)")
+    return Built(candidate, index, rows_all, time.perf_counter() - t0)
+
+
+def _sample_chunks(folder: EmbeddingFolder, modality: str, rows: np.ndarray):
+    kept, vecs = folder.gather(modality, rows)
+    return lambda: iter([(kept, vecs)])
+
+
+def select(cands: list[Candidate], folder: EmbeddingFolder, modality: str, queries: QuerySet, k: int,
+           target: float, sample_size: int, shift, seed: int
+           ) -> tuple[Built | None, Truth | None, Candidate, list[dict]]:
+    """Measure each candidate on a sample; returns (the winner and its ground
+    truth if they cover the whole folder, the winning candidate, the measurements)."""
+    whole = folder.count <= sample_size
+    if whole:
+        chunks, n = (lambda: folder.stream(modality)), folder.count
+    else:
+        rows = folder.sample_rows(sample_size, seed=seed + 4, exclude=queries.exclude)
+        chunks, n = _sample_chunks(folder, modality, rows), len(rows)
+    truth = ground_truth(chunks, queries, k)
+    report, best = [], None
+    for cand in cands:
+        built = build_one_index(cand, folder, modality, chunks, n, seed, f" ({modality}, {n:,} rows)")
+        points = sweep(built.searcher(folder, modality, shift), cand, queries, truth, k, n, target,
+                       variants(modality, queries))
+        point, met = pick(points, target)
+        report.append({"factory": cand.factory, "rows": n, "build_s": round(built.seconds, 2),
+                       "bytes_per_vector": round(bytes_per_vector(cand.factory, folder.dim), 1),
+                       "params": point.params, "recall": round(point.recall, 4), "qps": round(point.qps, 1),
+                       "target_met": met})
+        console.print(f"  {cand.factory}: recall@{k} {point.recall:.3f} at {point.params}, "
+                      f"{point.qps:,.0f} q/s, built in {built.seconds:.1f} s")
+        key = (met, point.qps if met else point.recall)
+        if best is None or key > best[0]:
+            best = (key, cand, built if whole else None)
+    assert best is not None
+    return best[2], truth if whole else None, best[1], report
+
+
+def tune_built(built: Built, folder: EmbeddingFolder, modality: str, queries: QuerySet, k: int, target: float,
+               shift, truth: Truth | None = None) -> dict:
+    """Tune a full index; returns the index.json entry's measured fields."""
+    if truth is None:
+        truth = ground_truth(lambda: folder.stream(modality), queries, k)
+    points = sweep(built.searcher(folder, modality, shift), built.candidate, queries, truth, k, built.count,
+                   target, variants(modality, queries))
+    point, met = pick(points, target)
+    if not met:
+        console.print(f"[yellow]warning: {modality} index {built.candidate.factory} reaches recall@{k} "
+                      f"{point.recall:.3f} at best, below the target {target}")
+    return {"search_params": point.params,
+            "recall": {"k": k, "value": round(point.recall, 4), "queries": queries.name, "n": len(queries)},
+            "qps": round(point.qps, 1), "exact_qps": round(truth.exact_qps, 1),
+            "speedup": round(point.qps / max(truth.exact_qps, 1e-9), 2),
+            "target_recall": target, "target_met": met,
+            "sweep": [p.to_json() for p in points]}
+
+
+def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality: str = "both",
+                factory: str = "auto", target_recall: float = 0.95, k: int = 50, queries: str | None = None,
+                n_queries: int = 1000, memory_gb: float | None = None, sample_size: int = SAMPLE_SIZE,
+                seed: int = 0, overwrite: bool = False) -> dict:
+    """Build, tune and write the index folder; returns its index.json content."""
+    check_args(target_recall, k, n_queries)
+    mods = modalities_of(modality)
+    out = Path(out).expanduser()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ReactError(f"{out} already exists; pass --overwrite to replace it")
+    folder = EmbeddingFolder.open(emb_dir)
+    budget = int(memory_gb * 2**30) if memory_gb else memory_budget()
+    cands = [parse_factory(factory, folder.dim)] if factory != "auto" else auto_candidates(folder.count, folder.dim, budget)
+    shift = modality_gap(folder) if "image" in mods else None
+    with console.status("checksumming the embedding folder"):
+        checksum = folder.checksum()
+    entries = {}
+    with atomic_dir(out) as tmp:
+        write_metadata(folder, tmp)
+        for mod in mods:
+            qs = load_queries(queries, folder.dim, n_queries, seed) if queries else default_queries(folder, mod, n_queries, seed)
+            console.print(f"[bold]{mod} index[/]: {folder.count:,} rows, dim {folder.dim}, "
+                          f"{len(qs)} {qs.name} queries, target recall@{k} {target_recall}")
+            mod_shift = shift if mod == "image" else None
+            built, truth, winner, report = select(cands, folder, mod, qs, k, target_recall, sample_size,
+                                                  mod_shift, seed)
+            if built is None:
+                built = build_one_index(winner, folder, mod, lambda m=mod: folder.stream(m), folder.count, seed,
+                                        f" ({mod}, all rows)")
+            measured = tune_built(built, folder, mod, qs, k, target_recall, mod_shift, truth)
+            faiss.write_index(built.index, str(index_file(tmp, mod)))
+            if built.ids is not None:
+                np.save(index_ids_file(tmp, mod), built.ids)
+            entries[mod] = {"file": index_file(tmp, mod).name, **winner.to_json(), "count": built.count,
+                            "skipped": folder.count - built.count, "build_s": round(built.seconds, 2),
+                            "bytes": index_file(tmp, mod).stat().st_size, **measured, "candidates": report}
+            if mod == "image":
+                entries[mod]["query_shift"] = [round(float(v), 6) for v in shift]
+            console.print(f"  -> {winner.factory} {measured['search_params']}: recall@{k} "
+                          f"{measured['recall']['value']:.3f}, {measured['qps']:,.0f} q/s "
+                          f"({measured['speedup']:.1f}x exact)")
+        primary = entries[mods[0]]
+        manifest = {"format": INDEX_FORMAT, "modality": modality, "model": folder.model,
+                    "model_id": folder.model_id, "dim": folder.dim, "metric": "inner_product",
+                    "rows": folder.count, "count": primary["count"], "factory": primary["factory"],
+                    "search_params": primary["search_params"], "recall": primary["recall"], "qps": primary["qps"],
+                    "embeddings": str(Path(emb_dir).resolve()), "checksum": checksum,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "indices": entries}
+        (tmp / INDEX_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,171 @@
+"""Index candidates: which faiss factories to try, what they cost, how to build them.
+
+Memory per vector (float32 d-dim, M graph links), the figures the README's
+scale table comes from:
+
+- ``HNSW{M}`` (Flat codes): ``4d + 8M·1.1`` bytes (level-0 links are 2M int32;
+  upper levels add ~10 %) -- 2.3 KB at d=512, M=32.
+- ``IVF{nlist}_HNSW32,Flat``: ``4d + 8`` bytes (codes + id) plus the quantizer.
+- ``IVF{nlist}_HNSW32,SQ8``: ``d + 8``.
+- ``OPQ{m}_{4m},IVF{nlist}_HNSW32,PQ{m}x8``: ``m + 8`` -- 72 B at m=64; inverted
+  lists can live on disk and be memory-mapped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from react.errors import ReactError
+
+EF_CONSTRUCTION = 200  # faiss' default 40 builds a graph that out-of-distribution queries get lost in
+MIN_IVF_ROWS = 20_000  # below this an inverted file has too few lists to pay for itself
+TRAIN_PER_LIST = 50  # k-means wants >= 39 points per centroid; a little more is cheap
+
+
+@dataclass
+class Candidate:
+    """A factory string plus what it needs at build time and which knob tunes it."""
+
+    factory: str
+    build_params: dict = field(default_factory=dict)
+    fixed_params: dict = field(default_factory=dict)  # search params that are set, not tuned
+
+    @property
+    def knob(self) -> str | None:
+        if "IVF" in self.factory:
+            return "nprobe"
+        if "HNSW" in self.factory:
+            return "efSearch"
+        return None
+
+    @property
+    def nlist(self) -> int | None:
+        match = re.search(r"IVF(\d+)", self.factory)
+        return int(match.group(1)) if match else None
+
+    @property
+    def exact_codes(self) -> bool:
+        """Whether the index stores the vectors themselves (re-ranking can use it)."""
+        return not re.search(r"(SQ\d|PQ\d|LSH|RaBitQ)", self.factory)
+
+    def to_json(self) -> dict:
+        return {"factory": self.factory, "build_params": self.build_params, "fixed_params": self.fixed_params}
+
+
+def bytes_per_vector(factory: str, dim: int) -> float:
+    """Rough resident bytes per indexed vector (see the module docstring)."""
+    graph = re.match(r"^HNSW(\d+)", factory)
+    if graph:
+        return 4 * dim + 8 * int(graph.group(1)) * 1.1
+    pq = re.search(r"PQ(\d+)", factory)
+    if pq:
+        return int(pq.group(1)) + 8
+    if "SQ8" in factory:
+        return dim + 8
+    if "SQ4" in factory:
+        return dim / 2 + 8
+    return 4 * dim + 8
+
+
+def default_nlist(n: int) -> int:
+    """A power of two near 4·sqrt(n), with enough training points per list."""
+    nlist = 2 ** round(math.log2(max(4 * math.sqrt(n), 64)))
+    while nlist > 64 and n < TRAIN_PER_LIST * nlist:
+        nlist //= 2
+    return nlist
+
+
+def memory_budget() -> int:
+    """Default budget for one index in RAM: 60 % of physical memory."""
+    try:
+        return int(0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def auto_candidates(n: int, dim: int, budget: int) -> list[Candidate]:
+    """What ``--factory auto`` measures: the graph and the inverted file, in RAM
+    when they fit ``budget`` bytes, compressed codes when nothing else does."""
+    graph = Candidate("HNSW32", {"efConstruction": EF_CONSTRUCTION})
+    out = [graph] if n * bytes_per_vector(graph.factory, dim) <= budget else []
+    if n >= MIN_IVF_ROWS:
+        nlist = default_nlist(n)
+        quantizer = {"quantizer_efSearch": 128}
+        ivf = Candidate(f"IVF{nlist}_HNSW32,Flat", {}, quantizer)
+        if n * bytes_per_vector(ivf.factory, dim) <= budget:
+            out.append(ivf)
+        if not out:
+            for factory in (f"IVF{nlist}_HNSW32,SQ8", f"OPQ{pq_m(dim)}_{4 * pq_m(dim)},IVF{nlist}_HNSW32,PQ{pq_m(dim)}x8"):
+                if n * bytes_per_vector(factory, dim) <= budget:
+                    out.append(Candidate(factory, {}, quantizer))
+    if not out:
+        raise ReactError(f"no index type fits {n} x {dim} vectors in a {budget / 2**30:.1f} GiB budget; "
+                         f"raise --memory-gb or pass a compressed --factory")
+    return out
+
+
+def pq_m(dim: int) -> int:
+    """PQ sub-quantizers: 64 at d >= 256 (d must split evenly into the OPQ output 4m)."""
+    m = 64
+    while m > 4 and 4 * m > dim:
+        m //= 2
+    return m
+
+
+def parse_factory(factory: str, dim: int) -> Candidate:
+    """A user's ``--factory`` string, checked by faiss itself before any work starts."""
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ReactError(f"--factory {factory!r}: faiss rejects it ({str(exc).strip().splitlines()[-1]})") from None
+    del index
+    build = {"efConstruction": EF_CONSTRUCTION} if factory.startswith("HNSW") else {}
+    fixed = {"quantizer_efSearch": 128} if re.search(r"IVF\d+_HNSW", factory) else {}
+    return Candidate(factory, build, fixed)
+
+
+def new_index(candidate: Candidate, dim: int) -> faiss.Index:
+    index = faiss.index_factory(dim, candidate.factory, faiss.METRIC_INNER_PRODUCT)
+    if "efConstruction" in candidate.build_params:
+        faiss.downcast_index(index).hnsw.efConstruction = int(candidate.build_params["efConstruction"])
+    return index
+
+
+def set_search_params(index: faiss.Index, params: dict) -> None:
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        if name in ("rerank", "shift"):
+            continue  # applied by the searcher, not by faiss
+        space.set_index_parameter(index, name, value)
+
+
+def train_rows(candidate: Candidate, n: int) -> int:
+    """How many vectors training needs (0: the index needs none)."""
+    nlist = candidate.nlist
+    if nlist is None and "PQ" not in candidate.factory and "SQ" not in candidate.factory:
+        return 0
+    need = TRAIN_PER_LIST * (nlist or 0)
+    if "PQ" in candidate.factory:
+        need = max(need, 256 * 40)
+    return min(n, max(need, 10_000))
+
+
+def knob_grid(candidate: Candidate, k: int, n: int) -> list[int]:
+    """Values of the tuning knob, cheapest first."""
+    if candidate.knob == "efSearch":
+        grid = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096]
+        return sorted({max(v, k) for v in grid if v <= max(k, n)})
+    if candidate.knob == "nprobe":
+        nlist = candidate.nlist or 1
+        grid = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048]
+        return [v for v in grid if v <= nlist]
+    return []
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)

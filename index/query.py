@@ -1,0 +1,97 @@
+"""One search routine for tuning, evaluation and serving, so a recall measured
+at build time is the recall users get.
+
+Beyond faiss' own knobs (``efSearch``, ``nprobe``, ``quantizer_efSearch``) a
+search plan may carry two of ours:
+
+- ``shift``: for text queries against an image index, move the query by the
+  corpus' mean image-minus-text offset (the modality gap) before the graph or
+  coarse quantizer sees it; the answer is then re-scored with the original query.
+- ``rerank``: fetch ``rerank x k`` candidates and re-score them exactly with the
+  stored vectors before cutting to ``k``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import faiss
+import numpy as np
+
+from index.exact import drop_excluded
+from index.factory import as_float32, set_search_params
+from react.errors import ReactError
+
+
+@dataclass
+class QuerySet:
+    """Query vectors and, for queries drawn from the corpus, the row each must not find."""
+
+    name: str  # "t2i", "t2t", or where user queries came from
+    vectors: np.ndarray  # float32 [nq, d], unit rows
+    exclude: np.ndarray | None = None  # global row per query, held out of its own answer
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    x = as_float32(x)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms)) or np.any(norms < 1e-6):
+        bad = int((~np.isfinite(norms) | (norms < 1e-6)).sum())
+        raise ReactError(f"{bad} query vector(s) are NaN, infinite or zero")
+    return x / norms
+
+
+def reconstructor(index: faiss.Index) -> Callable[[np.ndarray], np.ndarray]:
+    """Exact stored vectors by faiss id (indices with Flat codes only)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.make_direct_map()  # id -> (list, offset); kept in memory, 8 bytes per vector
+    return lambda ids: index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def search(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    params: dict,
+    ids: np.ndarray | None = None,
+    shift: np.ndarray | None = None,
+    stored: Callable[[np.ndarray], np.ndarray] | None = None,
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, rows)`` of the top ``k`` (clamped to the index size; -1 pads).
+
+    ``ids`` maps faiss ids to global rows when the build skipped rows;
+    ``stored(faiss_ids)`` returns exact vectors for re-ranking."""
+    queries = as_float32(queries)
+    extra = 0 if exclude is None else 1
+    k = min(k, index.ntotal - extra) if index.ntotal > extra else 0
+    if k <= 0 or len(queries) == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    set_search_params(index, params)
+    rerank = max(1, int(params.get("rerank", 1)))
+    shifted = bool(params.get("shift")) and shift is not None
+    probe = normalize(queries + shift) if shifted else queries
+    fetch = min((k + extra) * rerank, index.ntotal)
+    scores, found = index.search(probe, fetch)
+    if (rerank > 1 or shifted) and stored is not None:
+        scores, found = _rescore(queries, found, stored)
+    elif shifted:
+        raise ReactError("a shifted search needs the stored vectors to re-score")
+    scores, found = scores[:, : k + extra], found[:, : k + extra]
+    rows = np.where(found >= 0, (ids[np.maximum(found, 0)] if ids is not None else found), -1)
+    if exclude is not None:
+        scores, rows = drop_excluded(scores, rows, exclude, k)
+    return scores, rows
+
+
+def _rescore(queries: np.ndarray, found: np.ndarray, stored: Callable) -> tuple[np.ndarray, np.ndarray]:
+    valid = found >= 0
+    vecs = stored(found[valid])
+    exact = np.full(found.shape, -np.inf, dtype=np.float32)
+    exact[valid] = np.einsum("ij,ij->i", np.repeat(queries, valid.sum(axis=1), axis=0), vecs)
+    order = np.argsort(-exact, axis=1, kind="stable")
+    return np.take_along_axis(exact, order, axis=1), np.take_along_axis(found, order, axis=1)

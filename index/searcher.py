@@ -1,0 +1,149 @@
+"""``Searcher``: an index folder opened once, answering batched queries.
+
+    searcher = Searcher("out/demo/index")
+    searcher.check_model(loaded)                 # refuses another model's queries
+    scores, rows = searcher.search(text_emb, k=50)            # image index (T2I)
+    scores, rows = searcher.search(text_emb, k=50, modality="text")  # T2T
+    table = searcher.metadata(rows[0])           # key, url, caption, ... of those rows
+
+``k`` larger than the index is clamped to its size (documented behaviour,
+not an error): answers are ``[nq, min(k, count)]``. Row ids are global rows
+of the embedding folder the index was built from.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from index.factory import Candidate
+from index.metadata import RowMetadata
+from index.query import normalize, reconstructor, search
+from index.vectors import EmbeddingFolder
+from react.errors import ReactError
+from react.schemas import INDEX_FORMAT, INDEX_JSON, index_file, index_ids_file
+
+
+def read_manifest(index_dir: str | os.PathLike) -> dict:
+    root = Path(index_dir)
+    path = root / INDEX_JSON
+    if not path.is_file():
+        raise ReactError(f"not an index folder (no {INDEX_JSON}): {root}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReactError(f"unreadable {path} ({exc.__class__.__name__})") from None
+    if manifest.get("format") != INDEX_FORMAT or "indices" not in manifest:
+        raise ReactError(f"{path}: unknown index format {manifest.get('format')!r}")
+    return manifest
+
+
+def read_faiss(path: Path, expected_bytes: int | None) -> faiss.Index:
+    """Read an index, memory-mapping what faiss can map; truncation is named, not asserted."""
+    if not path.is_file():
+        raise ReactError(f"index file missing: {path}")
+    if expected_bytes is not None and path.stat().st_size != expected_bytes:
+        raise ReactError(f"{path}: {path.stat().st_size} bytes, index.json says {expected_bytes} (truncated or replaced)")
+    for flags in (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY, 0):
+        try:
+            return faiss.read_index(str(path), flags)
+        except RuntimeError as exc:
+            error = exc
+    raise ReactError(f"{path}: unreadable index ({str(error).strip().splitlines()[-1]})")
+
+
+class _Modality:
+    def __init__(self, root: Path, name: str, entry: dict, rows: int) -> None:
+        self.name, self.entry = name, entry
+        self.index = read_faiss(root / entry["file"], entry.get("bytes"))
+        if self.index.ntotal != entry["count"]:
+            raise ReactError(f"{root / entry['file']}: {self.index.ntotal} vectors, index.json says {entry['count']}")
+        ids_path = index_ids_file(root, name)
+        self.ids = np.load(ids_path, mmap_mode="r") if ids_path.is_file() else None
+        if self.ids is None and entry["count"] != rows - entry.get("skipped", 0):
+            raise ReactError(f"{root}: {name} index skips rows but {ids_path.name} is missing")
+        if self.ids is not None and (len(self.ids) != entry["count"] or (len(self.ids) and self.ids.max() >= rows)):
+            raise ReactError(f"{ids_path}: does not match the index ({len(self.ids)} ids for {entry['count']} vectors)")
+        shift = entry.get("query_shift")
+        self.shift = np.asarray(shift, dtype=np.float32) if shift else None
+        self.params = dict(entry.get("search_params", {}))
+        self.candidate = Candidate(entry["factory"], entry.get("build_params", {}), entry.get("fixed_params", {}))
+        self._stored = None
+        self._embeddings: str | None = None
+
+    def stored(self, embeddings: str | None):
+        """Exact vectors for re-ranking: from the index itself, else from the embedding folder."""
+        if self._stored is None:
+            if self.candidate.exact_codes:
+                self._stored = reconstructor(self.index)
+            else:
+                if not embeddings or not Path(embeddings).is_dir():
+                    raise ReactError(f"the {self.name} index re-ranks from its embedding folder, "
+                                     f"which is not at {embeddings}")
+                folder = EmbeddingFolder.open(embeddings)
+                ids = self.ids
+                self._stored = lambda fids: folder.take(self.name, ids[fids] if ids is not None else fids)
+        return self._stored
+
+
+class Searcher:
+    """Batched k-NN over an index folder plus row -> metadata lookup."""
+
+    def __init__(self, index_dir: str | os.PathLike, embeddings: str | os.PathLike | None = None) -> None:
+        self.root = Path(index_dir)
+        self.manifest = read_manifest(self.root)
+        self.rows = int(self.manifest["rows"])
+        self.dim = int(self.manifest["dim"])
+        self.embeddings = str(embeddings) if embeddings else self.manifest.get("embeddings")
+        self.modalities = {name: _Modality(self.root, name, entry, self.rows)
+                           for name, entry in self.manifest["indices"].items()}
+        self.rowmeta = RowMetadata(self.root, self.rows)
+
+    @property
+    def model(self) -> str | None:
+        return self.manifest.get("model")
+
+    def check_model(self, model: Any) -> None:
+        """Refuse queries embedded by another model (a ``LoadedModel`` or its identity string)."""
+        ident = getattr(model, "identity", None) or getattr(model, "name", None) or str(model)
+        mine = self.manifest.get("model_id") or self.manifest.get("model")
+        if mine and ident != mine and ident != self.manifest.get("model"):
+            raise ReactError(f"index {self.root} was built from model {self.manifest.get('model')} ({mine}); "
+                             f"the query model is {getattr(model, 'name', ident)} ({ident})")
+        dim = getattr(model, "embed_dim", None)
+        if dim is not None and dim != self.dim:
+            raise ReactError(f"index {self.root} has dimension {self.dim}; the query model embeds to {dim}")
+
+    def search(self, queries: np.ndarray, k: int = 50, modality: str | None = None,
+               params: dict | None = None, query_modality: str = "text") -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, rows)`` for a batch of query embeddings.
+
+        ``modality`` picks the index (default: image if present); ``params``
+        override the tuned search parameters; the modality-gap shift applies
+        only to text queries against the image index."""
+        if k < 1:
+            raise ReactError(f"k must be >= 1, got {k}")
+        name = modality or ("image" if "image" in self.modalities else next(iter(self.modalities)))
+        if name not in self.modalities:
+            raise ReactError(f"index {self.root} has no {name} index (it has {', '.join(self.modalities)})")
+        mod = self.modalities[name]
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ReactError(f"queries must be [n, {self.dim}], got shape {tuple(queries.shape)}")
+        run = dict(mod.params) | (params or {})
+        if query_modality != "text":
+            run.pop("shift", None)
+        needs_stored = int(run.get("rerank", 1)) > 1 or bool(run.get("shift"))
+        stored = mod.stored(self.embeddings) if needs_stored else None
+        return search(mod.index, normalize(queries), k, run, ids=mod.ids, shift=mod.shift, stored=stored)
+
+    def metadata(self, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        return self.rowmeta.take(rows[rows >= 0], columns)
