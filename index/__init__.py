@@ -1,23 +1,32 @@
-"""The knowledge base: corpus embeddings (and, later, FAISS indices over them).
+"""The knowledge base: corpus embeddings and the FAISS indices over them.
 
 Public API (imported lazily, so ``import index`` stays cheap):
 
-- ``embed_corpus(corpus, model, out, *, pretrained=None, part_size=100000,
-  batch_size=256, workers=None, device=None, resume=False, overwrite=False)``:
-  what ``react embed`` runs; writes the clip-retrieval / LAION layout
-  (``img_emb/``, ``text_emb/``, ``metadata/``, ``embed.json``).
-- ``check_embeddings(emb_dir) -> dict``: validates every part of an embedding
-  folder (alignment, dtype, dims, norms, unique keys); ReactError naming the part.
-- ``read_corpus(path) -> Corpus``: the three input forms (corpus parquet,
-  webdataset shards, image folder with captions).
+- ``embed_corpus(corpus, model, out, ...)``: what ``react embed`` runs; writes
+  the clip-retrieval / LAION layout (``img_emb/``, ``text_emb/``, ``metadata/``,
+  ``embed.json``).
+- ``write_embedding_folder(out, img, txt, metadata=None, ...)``: the same layout
+  from vectors computed elsewhere.
+- ``check_embeddings(emb_dir) -> dict``: validates every part (alignment, dtype,
+  dims, norms, unique keys); ReactError naming the part.
+- ``read_corpus(path) -> Corpus``: the three input forms.
+- ``build_index(emb_dir, out, modality="both", factory="auto", target_recall=0.95,
+  k=50, ...)``: what ``react index build`` runs.
+- ``retune_index(index_dir, ...)`` / ``evaluate_index(index_dir, ...)``:
+  ``react index tune`` / ``react index eval``.
+- ``Searcher(index_dir)``: batched ``search(queries, k) -> (scores, rows)`` and
+  ``metadata(rows)`` over a built index folder.
 """
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["embed_corpus", "check_embeddings", "read_corpus"]
+__all__ = ["embed_corpus", "write_embedding_folder", "check_embeddings", "read_corpus", "build_index",
+           "retune_index", "evaluate_index", "Searcher"]
 
-_LAZY = {"embed_corpus": "index.embed", "check_embeddings": "index.embed", "read_corpus": "index.readers"}
+_LAZY = {"embed_corpus": "index.embed", "write_embedding_folder": "index.embed", "check_embeddings": "index.embed",
+         "read_corpus": "index.readers", "build_index": "index.build", "retune_index": "index.evaluate",
+         "evaluate_index": "index.evaluate", "Searcher": "index.searcher"}
 
 
 def __getattr__(name: str) -> Any:

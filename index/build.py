@@ -92,6 +92,7 @@ def build_one_index(candidate: Candidate, folder: EmbeddingFolder, modality: str
     index = new_index(candidate, folder.dim)
     need = train_rows(candidate, n)
     if need and not index.is_trained:
+        use_gpu_clustering(index, folder.dim)
         _, sample = folder.gather(modality, folder.sample_rows(need, seed=seed + 3))
         with console.status(f"training {candidate.factory} on {len(sample):,} vectors"):
             index.train(sample)
@@ -108,6 +109,14 @@ def build_one_index(candidate: Candidate, folder: EmbeddingFolder, modality: str
     return Built(candidate, index, rows_all, time.perf_counter() - t0)
 
 
+def use_gpu_clustering(index: faiss.Index, dim: int) -> None:
+    """k-means of an inverted file's coarse quantizer on the GPU(s), when faiss has them."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None or not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() < 1:
+        return
+    ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(dim))
+
+
 def _sample_chunks(folder: EmbeddingFolder, modality: str, rows: np.ndarray):
     kept, vecs = folder.gather(modality, rows)
     return lambda: iter([(kept, vecs)])
@@ -115,9 +124,9 @@ def _sample_chunks(folder: EmbeddingFolder, modality: str, rows: np.ndarray):
 
 def select(cands: list[Candidate], folder: EmbeddingFolder, modality: str, queries: QuerySet, k: int,
            target: float, sample_size: int, shift, seed: int
-           ) -> tuple[Built | None, Truth | None, Candidate, list[dict]]:
-    """Measure each candidate on a sample; returns (the winner and its ground
-    truth if they cover the whole folder, the winning candidate, the measurements)."""
+           ) -> tuple[Built | None, list | None, Candidate, list[dict]]:
+    """Measure each candidate on a sample; returns (the winner and its sweep if
+    they cover the whole folder, the winning candidate, the measurements)."""
     whole = folder.count <= sample_size
     if whole:
         chunks, n = (lambda: folder.stream(modality)), folder.count
@@ -139,18 +148,21 @@ def select(cands: list[Candidate], folder: EmbeddingFolder, modality: str, queri
                       f"{point.qps:,.0f} q/s, built in {built.seconds:.1f} s")
         key = (met, point.qps if met else point.recall)
         if best is None or key > best[0]:
-            best = (key, cand, built if whole else None)
+            best = (key, cand, (built, (truth, points)) if whole else (None, None))
     assert best is not None
-    return best[2], truth if whole else None, best[1], report
+    return best[2][0], best[2][1], best[1], report
 
 
 def tune_built(built: Built, folder: EmbeddingFolder, modality: str, queries: QuerySet, k: int, target: float,
-               shift, truth: Truth | None = None) -> dict:
-    """Tune a full index; returns the index.json entry's measured fields."""
-    if truth is None:
+               shift, measured: tuple[Truth, list] | None = None) -> dict:
+    """Tune a full index (or take the sweep already ``measured`` on it);
+    returns the index.json entry's measured fields."""
+    if measured is None:
         truth = ground_truth(lambda: folder.stream(modality), queries, k)
-    points = sweep(built.searcher(folder, modality, shift), built.candidate, queries, truth, k, built.count,
-                   target, variants(modality, queries))
+        points = sweep(built.searcher(folder, modality, shift), built.candidate, queries, truth, k, built.count,
+                       target, variants(modality, queries))
+    else:
+        truth, points = measured
     point, met = pick(points, target)
     if not met:
         console.print(f"[yellow]warning: {modality} index {built.candidate.factory} reaches recall@{k} "
@@ -174,6 +186,8 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ReactError(f"{out} already exists; pass --overwrite to replace it")
     folder = EmbeddingFolder.open(emb_dir)
+    if folder.count == 0:
+        raise ReactError(f"empty embedding folder: {emb_dir} holds no rows")
     budget = int(memory_gb * 2**30) if memory_gb else memory_budget()
     cands = [parse_factory(factory, folder.dim)] if factory != "auto" else auto_candidates(folder.count, folder.dim, budget)
     shift = modality_gap(folder) if "image" in mods else None
@@ -187,12 +201,12 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality:
             console.print(f"[bold]{mod} index[/]: {folder.count:,} rows, dim {folder.dim}, "
                           f"{len(qs)} {qs.name} queries, target recall@{k} {target_recall}")
             mod_shift = shift if mod == "image" else None
-            built, truth, winner, report = select(cands, folder, mod, qs, k, target_recall, sample_size,
+            built, measured, winner, report = select(cands, folder, mod, qs, k, target_recall, sample_size,
                                                   mod_shift, seed)
             if built is None:
                 built = build_one_index(winner, folder, mod, lambda m=mod: folder.stream(m), folder.count, seed,
                                         f" ({mod}, all rows)")
-            measured = tune_built(built, folder, mod, qs, k, target_recall, mod_shift, truth)
+            measured = tune_built(built, folder, mod, qs, k, target_recall, mod_shift, measured)
             faiss.write_index(built.index, str(index_file(tmp, mod)))
             if built.ids is not None:
                 np.save(index_ids_file(tmp, mod), built.ids)

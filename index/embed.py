@@ -383,3 +383,39 @@ def embed_corpus(
             write_text(root / EMBED_JSON, json.dumps(result, indent=2) + "\n")
     result["embedded"], result["skipped"] = todo, skipped
     return result
+
+
+def write_embedding_folder(out: str | os.PathLike, img: np.ndarray, txt: np.ndarray, metadata: pa.Table | None = None,
+                           *, part_size: int = DEFAULT_PART_SIZE, model: str = "external",
+                           chunk: int = 65536) -> dict:
+    """Write vectors computed elsewhere (another embedder, a simulation) in the same
+    checked layout ``react embed`` writes: float16 unit rows, aligned metadata
+    (default: synthetic keys/urls/captions), embed.json. Returns embed.json."""
+    root = Path(out)
+    n = int(img.shape[0])
+    if txt.shape != img.shape or img.ndim != 2:
+        raise ReactError(f"image and text arrays must share one [n, dim] shape, got {img.shape} and {txt.shape}")
+    if metadata is None:
+        metadata = pa.table({"key": [f"{i:09d}" for i in range(n)], "caption": [f"row {i}" for i in range(n)],
+                             "url": [f"http://synthetic.invalid/{i}" for i in range(n)]})
+    if metadata.num_rows != n:
+        raise ReactError(f"metadata has {metadata.num_rows} rows for {n} vectors")
+    for sub in _PART_RE:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    keys = [str(k) for k in metadata.column("key").to_pylist()]
+
+    def unit16(x: np.ndarray) -> np.ndarray:
+        out = np.empty(x.shape, np.float16)
+        for s in range(0, len(x), chunk):
+            block = np.asarray(x[s : s + chunk], np.float32)
+            out[s : s + chunk] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        return out
+
+    n_parts = max(1, math.ceil(n / part_size))
+    for part in range(n_parts):
+        lo, hi = part * part_size, min(n, (part + 1) * part_size)
+        _write_part(root, part, unit16(img[lo:hi]), unit16(txt[lo:hi]), metadata.slice(lo, hi - lo), keys[lo:hi])
+    manifest = {"model": model, "model_id": model, "dim": int(img.shape[1]), "count": n, "part_size": part_size,
+                "parts": n_parts, "input": "vectors", "input_form": "vectors"}
+    write_text(root / EMBED_JSON, json.dumps(manifest, indent=2) + "\n")
+    return manifest

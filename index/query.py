@@ -90,8 +90,9 @@ def search(
 
 def _rescore(queries: np.ndarray, found: np.ndarray, stored: Callable) -> tuple[np.ndarray, np.ndarray]:
     valid = found >= 0
-    vecs = stored(found[valid])
-    exact = np.full(found.shape, -np.inf, dtype=np.float32)
-    exact[valid] = np.einsum("ij,ij->i", np.repeat(queries, valid.sum(axis=1), axis=0), vecs)
+    safe = np.where(valid, found, found.max(initial=0))  # padded slots re-score a real vector, then drop
+    vecs = stored(safe.reshape(-1)).reshape(found.shape[0], found.shape[1], -1)
+    exact = np.einsum("qd,qfd->qf", queries, vecs)
+    exact[~valid] = -np.inf
     order = np.argsort(-exact, axis=1, kind="stable")
     return np.take_along_axis(exact, order, axis=1), np.take_along_axis(found, order, axis=1)

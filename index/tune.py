@@ -23,7 +23,7 @@ from index.vectors import EmbeddingFolder
 from react.errors import ReactError
 
 DEFAULT_QUERIES = 1000
-MIN_TIMING_S = 0.3
+MIN_TIMING_S = 0.2
 
 
 def default_queries(folder: EmbeddingFolder, modality: str, n: int = DEFAULT_QUERIES, seed: int = 0) -> QuerySet:
@@ -84,10 +84,11 @@ def timed(fn: Callable[[], object]) -> float:
 class Point:
     params: dict
     recall: float
-    qps: float
+    qps: float | None
 
     def to_json(self) -> dict:
-        return {"params": self.params, "recall": round(self.recall, 4), "qps": round(self.qps, 1)}
+        return {"params": self.params, "recall": round(self.recall, 4),
+                "qps": None if self.qps is None else round(self.qps, 1)}
 
 
 def sweep(searcher: Callable, candidate: Candidate, queries: QuerySet, truth: Truth, k: int, n: int,
@@ -107,9 +108,10 @@ def sweep(searcher: Callable, candidate: Candidate, queries: QuerySet, truth: Tr
             found = searcher(queries.vectors, k, params, queries.exclude)[1]
             recall = recall_at(found, truth.rows, k)
             reached = target is not None and recall >= target
+            qps = None  # only settings that could be picked are timed
             if target is None or reached or value == grid[-1]:
-                secs = timed(lambda: searcher(queries.vectors, k, params, None))
-                points.append(Point(params, recall, len(queries) / secs))
+                qps = len(queries) / timed(lambda: searcher(queries.vectors, k, params, None))
+            points.append(Point(params, recall, qps))
             if reached:
                 break
     return points
@@ -117,10 +119,11 @@ def sweep(searcher: Callable, candidate: Candidate, queries: QuerySet, truth: Tr
 
 def pick(points: list[Point], target: float) -> tuple[Point, bool]:
     """The fastest point that meets the target, else the most accurate one."""
-    good = [p for p in points if p.recall >= target]
+    timed_points = [p for p in points if p.qps is not None]
+    good = [p for p in timed_points if p.recall >= target]
     if good:
         return max(good, key=lambda p: p.qps), True
-    return max(points, key=lambda p: (p.recall, p.qps)), False
+    return max(timed_points, key=lambda p: (p.recall, p.qps)), False
 
 
 def bind(index, ids=None, shift=None, stored=None) -> Callable:
