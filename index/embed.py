@@ -330,8 +330,8 @@ def embed_corpus(
             "count": n, "part_size": part_size, "parts": n_parts, "input": str(data.path), "input_form": data.form}
     manifest = _read_manifest(root) if resume else None
     if manifest:
-        for field in ("model", "count", "part_size"):
-            if manifest.get(field) != plan[field]:
+        for field in ("model", "model_id", "count", "part_size"):
+            if manifest.get(field, plan[field]) != plan[field]:
                 raise ReactError(f"cannot resume {root}: its {field} is {manifest.get(field)!r}, "
                                  f"this run's is {plan[field]!r} (use --overwrite)")
     for sub in _PART_RE:

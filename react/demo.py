@@ -17,7 +17,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run the pipeline on the embedded default and write OUT/summary.json",
         description="Fetch the embedded corpus, train (or reuse) the embedded base CLIP, evaluate it zero-shot "
-        "on the held-out downstream task, and write everything under --out.",
+        "on the held-out downstream task, embed the retrieval corpus and build its tuned T2I and T2T indices, "
+        "and write everything under --out.",
     )
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the corpus split and base training")
@@ -53,10 +54,21 @@ def run_demo(args: argparse.Namespace) -> int:
     _step("eval-base", ["eval", "zeroshot", "--model", str(base), "--dataset", str(corpus), "--out", str(base_result)],
           timings)
 
+    embeddings, index = out / "embeddings", out / "index"
+    _step("embed", ["embed", str(corpus / "retrieval.parquet"), "--model", str(base), "--out", str(embeddings),
+                    "--resume" if _same_model(embeddings, base) else "--overwrite"], timings)
+    if not _index_is_current(index, embeddings):
+        _step("index", ["index", "build", str(embeddings), "--out", str(index), "--overwrite"], timings)
+    index_summary = _index_summary(index)
+    for name, entry in index_summary.items():
+        console.print(f"{name} index: {entry['factory']} tuned to {entry['search_params']}: recall@{entry['k']} "
+                      f"{entry['recall']:.3f} on {entry['queries']} queries, {entry['qps']:,.0f} q/s")
+
     metrics = json.loads(base_result.read_text())["metrics"]
     summary = {
         "corpus": {**{k: manifest["counts"][k] for k in ("pretraining", "retrieval", "downstream")},
                    "downstream_classes": manifest["downstream_classes"], "path": str(corpus)},
+        "index": index_summary,
         "base": {k: metrics[k] for k in ("top1", "top5", "mean_per_class_recall")},
         "chance_top1": round(1 / manifest["downstream_classes"], 4),
         "timings_s": timings,
@@ -65,3 +77,33 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print_json(data=summary)
     console.print(f"[green]demo finished:[/] {out / 'summary.json'}")
     return 0
+
+
+def _same_model(embeddings: Path, model: Path) -> bool:
+    """Whether the embeddings there came from this model (then --resume keeps them)."""
+    from react.models import WEIGHTS_FILE, file_digest
+
+    try:
+        manifest = json.loads((embeddings / "embed.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return manifest.get("model_id") == "sha256:" + file_digest(model / WEIGHTS_FILE)
+
+
+def _index_is_current(index: Path, embeddings: Path) -> bool:
+    """An index built from exactly these embeddings (same checksum) is kept."""
+    from index.vectors import EmbeddingFolder
+
+    try:
+        manifest = json.loads((index / "index.json").read_text())
+        return manifest.get("checksum") == EmbeddingFolder.open(embeddings).checksum()
+    except (OSError, json.JSONDecodeError, ReactError):
+        return False
+
+
+def _index_summary(index: Path) -> dict:
+    manifest = json.loads((index / "index.json").read_text())
+    return {name: {"factory": e["factory"], "count": e["count"], "search_params": e["search_params"],
+                   "k": e["recall"]["k"], "recall": e["recall"]["value"], "queries": e["recall"]["queries"],
+                   "qps": e["qps"], "exact_qps": e["exact_qps"], "speedup": e["speedup"]}
+            for name, e in manifest["indices"].items()}
