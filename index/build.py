@@ -61,12 +61,15 @@ def modality_gap(folder: EmbeddingFolder, n: int = SHIFT_SAMPLE, seed: int = 0) 
     return gap.astype(np.float32)
 
 
-def variants(modality: str, queries: QuerySet) -> list[dict]:
-    """Search variants worth measuring: for text queries against images, the
-    modality-gap shift and over-fetch re-ranking (see :mod:`index.query`)."""
-    if modality == "image" and queries.name == "t2i":
-        return [{}, {"rerank": 2}, {"shift": 1, "rerank": 2}]
-    return [{}]
+def variants(candidate: Candidate) -> list[dict]:
+    """Search variants worth measuring. Measured on CLIP-like T2I queries
+    (benchmarks/FINDINGS.md): re-ranking an over-fetched list exactly is what
+    lets compressed codes reach the target (SQ8 at 200k: 0.947 -> 0.958 at
+    nprobe 128); for Flat codes scores are exact already and over-fetching
+    only costs time; shifting the query by the modality gap lost everywhere
+    (IVF4096 nprobe 256: 0.993 -> 0.967), so it is available (``shift``) but
+    not tried."""
+    return [{}] if candidate.exact_codes else [{"rerank": 4}]
 
 
 class Built:
@@ -138,7 +141,7 @@ def select(cands: list[Candidate], folder: EmbeddingFolder, modality: str, queri
     for cand in cands:
         built = build_one_index(cand, folder, modality, chunks, n, seed, f" ({modality}, {n:,} rows)")
         points = sweep(built.searcher(folder, modality, shift), cand, queries, truth, k, n, target,
-                       variants(modality, queries))
+                       variants(cand))
         point, met = pick(points, target)
         report.append({"factory": cand.factory, "rows": n, "build_s": round(built.seconds, 2),
                        "bytes_per_vector": round(bytes_per_vector(cand.factory, folder.dim), 1),
@@ -160,7 +163,7 @@ def tune_built(built: Built, folder: EmbeddingFolder, modality: str, queries: Qu
     if measured is None:
         truth = ground_truth(lambda: folder.stream(modality), queries, k)
         points = sweep(built.searcher(folder, modality, shift), built.candidate, queries, truth, k, built.count,
-                       target, variants(modality, queries))
+                       target, variants(built.candidate))
     else:
         truth, points = measured
     point, met = pick(points, target)
