@@ -47,9 +47,13 @@ def normalize(x: np.ndarray) -> np.ndarray:
 def reconstructor(index: faiss.Index) -> Callable[[np.ndarray], np.ndarray]:
     """Exact stored vectors by faiss id (indices with Flat codes only)."""
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.make_direct_map()  # id -> (list, offset); kept in memory, 8 bytes per vector
-    return lambda ids: index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def stored(ids: np.ndarray) -> np.ndarray:
+        if ivf is not None and ivf.direct_map.no():
+            ivf.make_direct_map()  # id -> (list, offset), 8 bytes per vector: built on first use only
+        return index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
+    return stored
 
 
 def search(

@@ -238,3 +238,24 @@ def test_empty_folder_is_refused(tmp_path):
                              "url": pa.array([], pa.string())}), metadata_path(root, 0))
     with pytest.raises(ReactError, match="empty embedding folder"):
         build_index(root, tmp_path / "index")
+
+
+def test_dimension_that_does_not_match_the_model_is_refused(emb_dir, tmp_path):
+    bad = tmp_path / "emb"
+    shutil.copytree(emb_dir, bad)
+    manifest = json.loads((bad / "embed.json").read_text())
+    manifest["dim"] = 512  # the model says 512, the parts hold 32
+    (bad / "embed.json").write_text(json.dumps(manifest))
+    with pytest.raises(ReactError, match="dim 512 but the parts hold 32"):
+        build_index(bad, tmp_path / "index")
+
+
+def test_searcher_memory_maps_what_faiss_can(index_dir, emb_dir, tmp_path):
+    ivf = tmp_path / "ivf"
+    build_index(emb_dir, ivf, modality="image", factory="IVF32,Flat", n_queries=100)
+    import faiss
+
+    # the inverted lists are served from the file, not copied into RAM
+    index = Searcher(ivf).modalities["image"].index
+    invlists = faiss.extract_index_ivf(index).invlists
+    assert isinstance(faiss.downcast_InvertedLists(invlists), faiss.OnDiskInvertedLists)
