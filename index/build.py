@@ -171,7 +171,8 @@ def tune_built(built: Built, folder: EmbeddingFolder, modality: str, queries: Qu
         console.print(f"[yellow]warning: {modality} index {built.candidate.factory} reaches recall@{k} "
                       f"{point.recall:.3f} at best, below the target {target}")
     return {"search_params": point.params,
-            "recall": {"k": k, "value": round(point.recall, 4), "queries": queries.name, "n": len(queries)},
+            "recall": {"k": k, "value": round(point.recall, 4), "lower_bound": round(point.lower, 4),
+                       "queries": queries.name, "n": len(queries)},
             "qps": round(point.qps, 1), "exact_qps": round(truth.exact_qps, 1),
             "speedup": round(point.qps / max(truth.exact_qps, 1e-9), 2),
             "target_recall": target, "target_met": met,

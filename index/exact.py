@@ -65,13 +65,17 @@ def drop_excluded(scores: np.ndarray, ids: np.ndarray, exclude: np.ndarray, k: i
     return scores, ids
 
 
-def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean fraction of the true top-``k`` that the first ``k`` answers contain."""
+def recall_per_query(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
+    """Per query, the fraction of the true top-``k`` that the first ``k`` answers contain."""
     k = min(k, truth.shape[1], found.shape[1])
-    hits = 0
-    total = 0
-    for got, want in zip(found[:, :k], truth[:, :k]):
+    out = np.ones(len(truth))
+    for i, (got, want) in enumerate(zip(found[:, :k], truth[:, :k])):
         want = want[want >= 0]
-        total += len(want)
-        hits += len(np.intersect1d(got, want, assume_unique=False))
-    return hits / total if total else 1.0
+        if len(want):
+            out[i] = len(np.intersect1d(got, want)) / len(want)
+    return out
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean recall@k over the queries."""
+    return float(recall_per_query(found, truth, k).mean()) if len(truth) else 1.0

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from index.exact import exact_knn, recall_at
+from index.exact import exact_knn, recall_per_query
 from index.factory import Candidate, knob_grid
 from index.query import QuerySet, normalize, search
 from index.vectors import EmbeddingFolder
@@ -80,14 +80,27 @@ def timed(fn: Callable[[], object]) -> float:
     return best
 
 
+MARGIN_Z = 1.645  # one-sided 95 %
+
+
+def margin(per_query: np.ndarray) -> float:
+    """How far the mean recall of these queries may sit above that of unseen ones
+    from the same distribution (one-sided 95 % bound on the standard error): the
+    tuner asks for ``target + margin`` so the setting holds for new queries."""
+    if len(per_query) < 2:
+        return 0.0
+    return MARGIN_Z * float(per_query.std(ddof=1)) / np.sqrt(len(per_query))
+
+
 @dataclass
 class Point:
     params: dict
     recall: float
     qps: float | None
+    lower: float  # recall minus the margin: what unseen queries can count on
 
     def to_json(self) -> dict:
-        return {"params": self.params, "recall": round(self.recall, 4),
+        return {"params": self.params, "recall": round(self.recall, 4), "recall_lower": round(self.lower, 4),
                 "qps": None if self.qps is None else round(self.qps, 1)}
 
 
@@ -106,12 +119,14 @@ def sweep(searcher: Callable, candidate: Candidate, queries: QuerySet, truth: Tr
             if value is not None:
                 params[candidate.knob] = value
             found = searcher(queries.vectors, k, params, queries.exclude)[1]
-            recall = recall_at(found, truth.rows, k)
-            reached = target is not None and recall >= target
+            per_query = recall_per_query(found, truth.rows, k)
+            recall = float(per_query.mean())
+            lower = recall - margin(per_query)
+            reached = target is not None and lower >= target
             qps = None  # only settings that could be picked are timed
             if target is None or reached or value == grid[-1]:
                 qps = len(queries) / timed(lambda: searcher(queries.vectors, k, params, None))
-            points.append(Point(params, recall, qps))
+            points.append(Point(params, recall, qps, lower))
             if reached:
                 break
     return points
@@ -120,7 +135,7 @@ def sweep(searcher: Callable, candidate: Candidate, queries: QuerySet, truth: Tr
 def pick(points: list[Point], target: float) -> tuple[Point, bool]:
     """The fastest point that meets the target, else the most accurate one."""
     timed_points = [p for p in points if p.qps is not None]
-    good = [p for p in timed_points if p.recall >= target]
+    good = [p for p in timed_points if p.lower >= target]
     if good:
         return max(good, key=lambda p: p.qps), True
     return max(timed_points, key=lambda p: (p.recall, p.qps)), False
