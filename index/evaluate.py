@@ -14,7 +14,7 @@ import numpy as np
 
 from index.build import Built, check_args, tune_built
 from index.exact import recall_at
-from index.factory import knob_grid
+from index.factory import knob_grid, with_knob
 from index.query import QuerySet
 from index.searcher import _Modality, read_faiss, read_manifest
 from index.tune import bind, default_queries, ground_truth, load_queries, timed
@@ -88,7 +88,7 @@ def evaluate_index(index_dir: str | os.PathLike, *, queries=None, n_queries: int
         knob = built.candidate.knob
         rows = [{"setting": "exact (IndexFlatIP)", **{f"recall@{k}": 1.0 for k in ks}, "qps": round(truth.exact_qps, 1)}]
         for value in knob_grid(built.candidate, kmax, built.count) or [None]:
-            params = tuned | ({knob: value} if knob else {})
+            params = tuned | with_knob(built.candidate, value)
             found = search(qs.vectors, kmax, params, qs.exclude)[1]
             secs = timed(lambda: search(qs.vectors, kmax, params, None))
             rows.append({"setting": f"{knob}={value}" if knob else "as built",

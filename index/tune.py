@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from index.exact import exact_knn, recall_per_query
-from index.factory import Candidate, knob_grid
+from index.factory import Candidate, knob_grid, with_knob
 from index.query import QuerySet, normalize, search
 from index.vectors import EmbeddingFolder
 from react.errors import ReactError
@@ -115,9 +115,7 @@ def sweep(searcher: Callable, candidate: Candidate, queries: QuerySet, truth: Tr
     grid = knob_grid(candidate, k, n) or [None]
     for variant in variants or [{}]:
         for value in grid:
-            params = dict(candidate.fixed_params) | variant
-            if value is not None:
-                params[candidate.knob] = value
+            params = with_knob(candidate, value) | variant
             found = searcher(queries.vectors, k, params, queries.exclude)[1]
             per_query = recall_per_query(found, truth.rows, k)
             recall = float(per_query.mean())
