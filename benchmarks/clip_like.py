@@ -12,6 +12,9 @@ Model (all "directions" are unit vectors, g ~ N(0, I/dim) has norm ~1):
   (direction = normalize(SUPER_W*super + g)), each with 1..MAX_SUB sub-concepts
   (normalize(concept + SUB_SPREAD*g)). Concept frequencies are Zipf(ZIPF) over a
   random rank order; each concept has its own noise scale sigma ~ U(SIGMA_LO, SIGMA_HI).
+- the pair/image noise g is anisotropic: variance ~ rank**-SPECTRUM along a random
+  orthonormal basis (SPECTRUM=1: participation-ratio dim ~30, like real CLIP's decaying
+  spectrum; SPECTRUM=0: isotropic, a much harder stress case for ANN).
 - pair latent z = sub_dir + sigma*g; u_img = normalize(z + TAU_IMG*g'),
   u_txt = normalize(z + TAU_TXT*g'') (caption text carries much non-visual content,
   which is what keeps matched image-text cos ~0.3 while same-concept images are ~0.75).
@@ -30,6 +33,7 @@ MU_COS, A_IMG, A_TXT = 0.35, 0.85, 0.85
 N_SUPER, SUPER_W, MAX_SUB, SUB_SPREAD = 40, 0.6, 8, 0.55
 ZIPF, SIGMA_LO, SIGMA_HI = 1.0, 0.45, 0.9
 TAU_IMG, TAU_TXT, Q_NOISE, Q_POW = 0.35, 3.5, 2.5, 1.0
+SPECTRUM = 1.0  # image-side noise variance ~ rank**-SPECTRUM in a random basis; 0 = isotropic
 CHUNK = 65536
 
 
@@ -57,7 +61,10 @@ def _world(n: int, dim: int, rng: np.random.Generator) -> dict:
     freq = 1.0 / rng.permutation(np.arange(1, n_c + 1)) ** ZIPF
     freq /= freq.sum()
     sigma = rng.uniform(SIGMA_LO, SIGMA_HI, n_c).astype(np.float32)
-    return dict(mu_img=mu_img, mu_txt=mu_txt, concepts=concepts, subs=subs, n_sub=n_sub,
+    lam = np.arange(1, dim + 1, dtype=np.float64) ** -SPECTRUM
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0].T  # rows: orthonormal directions
+    shape = (np.sqrt(lam / lam.mean())[:, None] * basis).astype(np.float32)  # E|g @ shape|^2 = E|g|^2
+    return dict(shape=shape, mu_img=mu_img, mu_txt=mu_txt, concepts=concepts, subs=subs, n_sub=n_sub,
                 sub_start=sub_start, freq=freq, sigma=sigma)
 
 
@@ -72,9 +79,11 @@ def generate(n: int, dim: int = 512, n_queries: int = 1000, seed: int = 0
         m = min(CHUNK, n - s)
         c = rng.choice(len(w["freq"]), size=m, p=w["freq"])
         sub = w["sub_start"][c] + (rng.random(m) * w["n_sub"][c]).astype(np.int64)
-        z = w["subs"][sub] + w["sigma"][c, None] * _gauss(rng, (m, dim), dim)
-        for out, a, mu, tau in ((img, A_IMG, w["mu_img"], TAU_IMG), (txt, A_TXT, w["mu_txt"], TAU_TXT)):
-            u = _unit(z + tau * _gauss(rng, (m, dim), dim))
+        z = w["subs"][sub] + w["sigma"][c, None] * (_gauss(rng, (m, dim), dim) @ w["shape"])
+        for out, a, mu, tau, sh in ((img, A_IMG, w["mu_img"], TAU_IMG, w["shape"]),
+                                    (txt, A_TXT, w["mu_txt"], TAU_TXT, None)):
+            g = _gauss(rng, (m, dim), dim)
+            u = _unit(z + tau * (g if sh is None else g @ sh))
             u += a * mu
             out[s:s + m] = _unit(u)
     qp = w["freq"] ** Q_POW
