@@ -81,6 +81,13 @@ SUBSET_SCHEMA = pa.schema(
         ("classes", pa.list_(pa.string())),
     ]
 )
+# Extra columns ``react retrieve`` appends after these (img2dataset ignores them):
+# ``queries`` list<string> (the prompts that found the pair, best first),
+# ``hits`` int32, ``duplicates`` int32 (near-duplicate images collapsed into
+# this row, itself included), ``row`` int64 (global index row), ``image_path``
+# where the corpus is local. The task report (spec, per-class statistics,
+# warnings) is JSON in the parquet's schema metadata under this key.
+SUBSET_TASK_KEY = "react.task"
 
 # --- shards -------------------------------------------------------------------
 SHARD_SIZES_FILE = "sizes.json"

@@ -1,0 +1,77 @@
+"""``react serve`` and ``react retrieve``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve", help="serve index folders over HTTP (task retrieval, search, clip-retrieval compatible)",
+        description="Hold one or more index folders and their CLIP models in memory and answer task retrieval "
+        "(POST /v1/retrieve, as jobs), single searches (POST /v1/search), clip-retrieval's /knn-service and "
+        "/indices-list, /v1/indices, /healthz, /readyz and /metrics. SIGHUP or POST /v1/indices/NAME/reload "
+        "re-opens an index without dropping requests.")
+    serve.add_argument("--index", action="append", required=True, metavar="[NAME=]INDEX_DIR",
+                       help="an index folder, optionally named (default name: the folder's name); repeatable")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    serve.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
+                       help="require one of these keys (one a line) on every endpoint but /healthz and /readyz, "
+                            "as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
+    serve.add_argument("--state-dir", type=Path, default=Path("out/service"),
+                       help="where jobs and their results are kept until deleted (default: out/service)")
+    serve.add_argument("--model", action="append", default=[], metavar="NAME=MODEL",
+                       help="load this model for index NAME instead of the one its index.json records")
+    serve.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    serve.add_argument("--max-k", type=int, default=1000, help="largest k per query (default: 1000)")
+    serve.add_argument("--max-classes", type=int, default=10_000, help="most classes per task (default: 10000)")
+    serve.add_argument("--max-templates", type=int, default=200, help="most templates per task (default: 200)")
+    serve.add_argument("--allow-image-url", action="store_true",
+                       help="let /knn-service fetch image_url (size-limited, with --image-url-timeout)")
+    serve.add_argument("--image-url-timeout", type=float, default=5.0, metavar="S", help="(default: 5 s)")
+    serve.add_argument("--max-image-mb", type=float, default=8.0, help="largest query image (default: 8 MB)")
+    serve.add_argument("--job-workers", type=int, default=1, help="tasks run at once (default: 1)")
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    serve.set_defaults(func=_serve)
+
+    ret = sub.add_parser(
+        "retrieve", help="retrieve the image-text subset for a task's class names",
+        description="For every class and template, search the corpus with the query template.format(class), "
+        "merge the hits into one row per pair (deduplicated across templates and classes, labelled with every "
+        "class that found it), collapse near-duplicate images, and write SUBSET.parquet (key, url, caption, "
+        "similarity, classes + queries, hits, duplicates, row), readable by img2dataset. Prints the per-class "
+        "table and low-coverage warnings. --index runs in this process; --server sends the same task to a "
+        "running `react serve` as a job.")
+    where = ret.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", default=None, metavar="URL", help="a running react serve, e.g. http://127.0.0.1:8000")
+    where.add_argument("--index", type=Path, default=None, metavar="INDEX_DIR", help="run in-process on this index")
+    ret.add_argument("--classes", type=Path, required=True, metavar="FILE", help="class names, one a line")
+    ret.add_argument("--templates", default=None, metavar="NAME|FILE",
+                     help="imagenet (CLIP's 80, default), simple, classname, or a file with one {} template a line")
+    ret.add_argument("--k", type=int, default=50, help="results per query (default: 50)")
+    ret.add_argument("--mode", default="t2i", choices=("t2i", "t2t", "both"),
+                     help="text-to-image, text-to-text, or both (default: t2i)")
+    ret.add_argument("--out", type=Path, required=True, metavar="SUBSET.parquet", help="where to write the subset")
+    ret.add_argument("--threshold", type=float, default=None, help="drop hits below this cosine similarity")
+    ret.add_argument("--dedup-threshold", type=float, default=0.94,
+                     help="collapse retrieved images whose embeddings are at least this similar (default: 0.94)")
+    ret.add_argument("--no-dedup", action="store_true", help="keep near-duplicate images")
+    ret.add_argument("--no-queries", action="store_true", help="leave out the queries column (smaller file)")
+    ret.add_argument("--index-name", default=None, help="with --server: which served index (default: the first)")
+    ret.add_argument("--api-key-file", type=Path, default=None, metavar="FILE", help="with --server: the key to send")
+    ret.add_argument("--model", default=None, help="with --index: the model, if not the one index.json records")
+    ret.add_argument("--json", type=Path, default=None, metavar="REPORT.json", help="also write the task report")
+    ret.set_defaults(func=_retrieve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from retrieval_service.serve import serve
+
+    return serve(args)
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    from retrieval_service.retrieve_cmd import retrieve
+
+    return retrieve(args)

@@ -1,0 +1,65 @@
+"""What an operator sets when starting ``react serve``; one object the app reads."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from react.errors import ReactError
+from retrieval_service.task import Limits
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@dataclass
+class ServiceConfig:
+    indices: dict[str, Path]                  # name -> index folder (names are looked up, never joined to paths)
+    state_dir: Path = Path("out/service")     # jobs and their results live here until deleted
+    api_keys: frozenset[str] = frozenset()    # empty: no authentication
+    models: dict[str, str] = field(default_factory=dict)  # index name -> model spec overriding index.json
+    device: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    max_search_k: int = 1000
+    max_body_bytes: int = 16 << 20            # any request body
+    max_image_bytes: int = 8 << 20            # one decoded upload / base64 / fetched image
+    max_image_pixels: int = 40_000_000
+    allow_image_url: bool = False             # clip-retrieval's image_url: fetched only when enabled
+    image_url_timeout_s: float = 5.0
+    inline_max_queries: int = 2000            # larger tasks always become jobs
+    max_active_jobs: int = 16                 # queued + running; more answer 429
+    job_workers: int = 1                      # tasks run one at a time by default: each uses every core
+
+    @property
+    def default_index(self) -> str:
+        return next(iter(self.indices))
+
+
+def parse_index_args(values: list[str]) -> dict[str, Path]:
+    """``[NAME=]DIR`` options -> ``{name: dir}``; the name defaults to the folder's name."""
+    out: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = Path(value).resolve().name, value
+        if not name or not set(name) <= NAME_CHARS:
+            raise ReactError(f"--index {value}: the name may hold only letters, digits, '-', '_', '.'")
+        if name in out:
+            raise ReactError(f"--index {value}: the name {name!r} is used twice")
+        out[name] = Path(path)
+    if not out:
+        raise ReactError("at least one --index is required")
+    return out
+
+
+def read_api_keys(path: str | os.PathLike | None) -> frozenset[str]:
+    """One key a line; blank lines and ``#`` comments skipped. An empty file is an error, not 'no auth'."""
+    if path is None:
+        return frozenset()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReactError(f"cannot read API key file {path}: {exc.__class__.__name__}") from None
+    keys = frozenset(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    if not keys:
+        raise ReactError(f"API key file {path} holds no key")
+    return keys

@@ -1,0 +1,138 @@
+"""The indices a service holds, each with its model, swappable atomically.
+
+A request takes a reference to one :class:`LoadedIndex` at its start and uses
+only that object; a reload builds the new one completely (index files,
+metadata, model) *before* replacing the dictionary entry, so requests in
+flight finish on the old index and none fails. The old object is freed when
+its last request drops it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from react.errors import ReactError
+from retrieval_service.errors import ServiceError, not_found
+from retrieval_service.metrics import Metrics
+from retrieval_service.task import TaskRetriever, load_index_model
+
+log = logging.getLogger("react.serve")
+
+
+@dataclass
+class LoadedIndex:
+    name: str
+    path: Path
+    searcher: object
+    model: object | None          # None: embedding queries only (the index's model could not be loaded)
+    retriever: TaskRetriever
+    generation: int
+    loaded_at: float = field(default_factory=time.time)
+    model_error: str | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.searcher.dim
+
+    def require_model(self):
+        if self.model is None:
+            raise ServiceError(f"index {self.name!r} has no loadable model ({self.model_error}); "
+                               "only embedding queries are possible", 409)
+        return self.model
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self.require_model().encode_texts(texts).numpy()
+
+    def info(self) -> dict:
+        m = self.searcher.manifest
+        mods = {name: {"count": e.get("count"), "factory": e.get("factory"), "search_params": e.get("search_params"),
+                       "recall": e.get("recall"), "qps": e.get("qps")} for name, e in m["indices"].items()}
+        return {"name": self.name, "rows": self.searcher.rows, "dim": self.dim, "model": m.get("model"),
+                "model_id": m.get("model_id"), "model_loaded": self.model is not None, "model_error": self.model_error,
+                "modalities": mods, "generation": self.generation,
+                "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
+
+
+class IndexRegistry:
+    def __init__(self, paths: dict[str, Path], models: dict[str, str] | None = None, device: str | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.paths = dict(paths)
+        self.models = dict(models or {})
+        self.device = device
+        self.metrics = metrics or Metrics()
+        self._loaded: dict[str, LoadedIndex] = {}
+        self._reload_locks = {name: threading.Lock() for name in paths}
+        self._generation = 0
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+
+    def names(self) -> list[str]:
+        return list(self.paths)
+
+    def _load(self, name: str) -> LoadedIndex:
+        from index.searcher import Searcher
+
+        path = self.paths[name]
+        searcher = Searcher(path)
+        model, model_error = None, None
+        try:
+            model = load_index_model(searcher, self.models.get(name), device=self.device)
+        except ReactError as exc:
+            # The index still answers embedding queries; text and image queries say why they cannot.
+            model_error = str(exc)
+            log.warning("index %s: %s", name, exc)
+        self._generation += 1
+        retriever = TaskRetriever(searcher, model, timer=self.metrics.observe_stage)
+        return LoadedIndex(name, path, searcher, model, retriever, self._generation, model_error=model_error)
+
+    def load_all(self) -> None:
+        """Open every index (startup, in a background thread: /healthz answers meanwhile)."""
+        try:
+            for name in self.paths:
+                self._loaded[name] = self._load(name)
+        except ReactError as exc:
+            self.load_error = str(exc)
+            log.error("loading indices failed: %s", exc)
+            raise
+        self.ready.set()
+
+    def get(self, name: str | None) -> LoadedIndex:
+        """The current index named ``name`` (default: the first). Names are dictionary keys only."""
+        if name is None:
+            name = next(iter(self.paths))
+        if not isinstance(name, str) or name not in self.paths:
+            raise not_found(f"unknown index {name!r} (known: {', '.join(self.paths)})")
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            raise ServiceError(f"index {name!r} is still loading" if not self.load_error else self.load_error, 503)
+        return loaded
+
+    def reload(self, name: str) -> LoadedIndex:
+        """Re-open index ``name`` from disk and swap it in; on failure the old one stays."""
+        self.get(name)  # 404 / 503 first
+        with self._reload_locks[name]:
+            try:
+                new = self._load(name)
+            except ReactError as exc:
+                self.metrics.index_reloads.labels(name, "failed").inc()
+                raise ServiceError(f"reload of {name!r} failed, still serving the previous index: {exc}", 409) \
+                    from None
+            self._loaded[name] = new  # one reference assignment: atomic for every reader
+            self.metrics.index_reloads.labels(name, "ok").inc()
+            log.info("index %s reloaded (generation %d)", name, new.generation)
+            return new
+
+    def reload_all(self) -> dict[str, str]:
+        out = {}
+        for name in self.paths:
+            try:
+                self.reload(name)
+                out[name] = "ok"
+            except ReactError as exc:
+                out[name] = str(exc)
+        return out

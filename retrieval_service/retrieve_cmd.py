@@ -1,0 +1,104 @@
+"""``react retrieve``: one task, in-process (``--index``) or through a server (``--server``)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from react.errors import ReactError
+from react.progress import console, progress
+from react.schemas import write_text
+
+STAGE_LABEL = {"search": "encoding + searching queries", "merge": "merging", "dedup": "collapsing near-duplicates",
+               "metadata": "reading metadata", "queued": "queued", "starting": "starting", "done": "done"}
+
+
+def read_classes(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReactError(f"cannot read classes file {path}: {exc.__class__.__name__}") from None
+    classes = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not classes:
+        raise ReactError(f"classes file {path} holds no class name")
+    return classes
+
+
+def retrieve(args: argparse.Namespace) -> int:
+    from downstream.templates import get_templates
+
+    classes = read_classes(args.classes)
+    templates = get_templates(args.templates)  # a set name or a file, read on this side in both modes
+    dedup = None if args.no_dedup else args.dedup_threshold
+    if args.out.suffix != ".parquet":
+        raise ReactError(f"--out must name a .parquet file, got {args.out}")
+    if args.server:
+        report = _via_server(args, classes, templates, dedup)
+    else:
+        report = _in_process(args, classes, templates, dedup)
+    print_report(report)
+    if args.json:
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
+    summary = report["summary"]
+    console.print(f"subset: {args.out} ({summary['rows']} pairs from {summary['queries']} queries, "
+                  f"{summary['hits']} hits, {summary['near_duplicates_collapsed']} near-duplicates collapsed, "
+                  f"{summary['seconds']:.1f} s)", highlight=False)
+    return 0
+
+
+def _in_process(args, classes, templates, dedup) -> dict:
+    from index.searcher import Searcher
+    from retrieval_service.task import TaskRetriever, load_index_model, validate_spec, write_subset
+
+    spec = validate_spec(classes, templates, args.k, args.mode, args.threshold, dedup,
+                         include_queries=not args.no_queries)
+    searcher = Searcher(args.index)
+    model = load_index_model(searcher, args.model)
+    with progress() as bar:
+        task = bar.add_task("encoding + searching queries", total=spec.n_queries, unit="query")
+
+        def report(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=STAGE_LABEL.get(stage, stage), completed=done, total=total)
+
+        result = TaskRetriever(searcher, model).run(spec, report)
+    write_subset(result, args.out)
+    return result.report()
+
+
+def _via_server(args, classes, templates, dedup) -> dict:
+    from retrieval_service.client import ServiceClient
+    from retrieval_service.config import read_api_keys
+
+    key = next(iter(read_api_keys(args.api_key_file)), None) if args.api_key_file else None
+    client = ServiceClient(args.server, key)
+    request = {"classes": classes, "templates": templates, "k": args.k, "mode": args.mode, "index": args.index_name,
+               "threshold": args.threshold, "dedup_threshold": dedup, "include_queries": not args.no_queries}
+    job = client.submit(request)
+    with progress() as bar:
+        task = bar.add_task("queued", total=max(1, job.get("total") or 1), unit="query")
+
+        def show(info: dict) -> None:
+            bar.update(task, description=STAGE_LABEL.get(info.get("stage"), info.get("stage") or ""),
+                       completed=info.get("done", 0), total=max(1, info.get("total") or 1))
+
+        info = client.wait(job["id"], show)
+    client.download(job["id"], args.out)
+    return info["report"]
+
+
+def print_report(report: dict) -> None:
+    from rich.table import Table
+
+    summary = report["summary"]
+    table = Table(title=f"{summary['classes']} classes x {summary['templates']} templates, k={summary['k']}, "
+                        f"{summary['mode']}: {summary['rows']} pairs")
+    for col in ("class", "hits", "uniq", "excl", "cover", "p10", "p50", "p90", "max", "flag"):
+        table.add_column(col, justify="left" if col in ("class", "flag") else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for s in report["classes"]:
+        table.add_row(s["name"], str(s["hits"]), str(s["unique"]), str(s["exclusive"]), fmt(s["coverage"]),
+                      fmt(s["p10"]), fmt(s["p50"]), fmt(s["p90"]), fmt(s["max"]),
+                      "[red]LOW[/]" if s["low_coverage"] else "")
+    console.print(table)
+    for w in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)

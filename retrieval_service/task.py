@@ -1,0 +1,314 @@
+"""Task retrieval: class names in, one merged image-text subset out (REACT eq. 2.1).
+
+    retriever = TaskRetriever(Searcher(index_dir), load_index_model(searcher))
+    result = retriever.run(TaskSpec(classes=["cat", "dog"], templates=get_templates("imagenet"), k=50))
+    write_subset(result, "subset.parquet")
+
+For every class and template the query ``template.format(class)`` is encoded
+with the index's own model and searched (``t2i`` on the image index, ``t2t``
+on the text index, or ``both``). All hits are then merged into one row per
+corpus pair -- deduplicated across templates *and* classes, labelled with
+every class and query that found it -- and near-duplicate images among the
+retrieved pairs are collapsed into their best-scoring member (see
+``retrieval_service.dedup``). Queries go through in chunks, so memory holds
+only the flat hit arrays (16 bytes a hit: 64 MB for 4M hits).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from react.errors import ReactError
+from react.schemas import SUBSET_SCHEMA, SUBSET_TASK_KEY, write_parquet
+from retrieval_service.coverage import DEFAULT_MARGIN, LOW_COVERAGE_RULE, ClassStats, class_stats
+from retrieval_service.dedup import DEFAULT_DEDUP_THRESHOLD, NearDuplicates
+from retrieval_service.merge import Hits, collapse_rows, from_search, merge
+
+MODES = ("t2i", "t2t", "both")
+MODE_INDEX = {"t2i": ("image",), "t2t": ("text",), "both": ("image", "text")}
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+StageTimer = Callable[[str, float], None]     # (stage, seconds): encode, search, metadata, dedup
+
+
+class TaskCancelled(ReactError):
+    """The task was cancelled (its job deleted) while running."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one task may ask for; the service and the CLI enforce the same numbers."""
+
+    max_classes: int = 10_000
+    max_templates: int = 200
+    max_queries: int = 1_000_000
+    max_k: int = 1000
+    max_text_chars: int = 500
+
+
+@dataclass
+class TaskSpec:
+    classes: list[str]
+    templates: list[str]
+    k: int = 50
+    mode: str = "t2i"
+    threshold: float | None = None          # drop hits below this cosine similarity
+    dedup_threshold: float | None = DEFAULT_DEDUP_THRESHOLD  # None: keep near-duplicate images
+    coverage_margin: float = DEFAULT_MARGIN
+    include_queries: bool = True            # the `queries` column (large for big tasks)
+    chunk: int = 2048                       # queries encoded and searched per step
+    batch_size: int = 256                   # texts per encoder batch
+    warnings: list[str] = field(default_factory=list)  # raised while validating (e.g. merged duplicates)
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.classes) * len(self.templates)
+
+    def queries(self) -> list[str]:
+        return [t.format(c) for c in self.classes for t in self.templates]
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out.pop("warnings")
+        return out
+
+
+def validate_spec(classes: Sequence, templates: Sequence | None, k: int, mode: str, threshold: float | None = None,
+                  dedup_threshold: float | None = DEFAULT_DEDUP_THRESHOLD, limits: Limits = Limits(),
+                  **extra) -> TaskSpec:
+    """A checked :class:`TaskSpec`; ReactError naming the first bad field.
+
+    Class names are stripped; exact repeats are merged (ImageNet's list has
+    two "crane"s) with a warning, since a row cannot carry one name twice."""
+    from downstream.templates import get_templates, normalize_templates
+
+    if not isinstance(classes, (list, tuple)) or not classes:
+        raise ReactError("classes: need a non-empty list of class names")
+    if len(classes) > limits.max_classes:
+        raise ReactError(f"classes: {len(classes)} given, at most {limits.max_classes} allowed")
+    names: list[str] = []
+    warnings: list[str] = []
+    seen: set[str] = set()
+    for i, c in enumerate(classes):
+        if not isinstance(c, str) or not c.strip():
+            raise ReactError(f"classes[{i}]: empty or not a string")
+        c = " ".join(c.split())
+        if len(c) > limits.max_text_chars:
+            raise ReactError(f"classes[{i}]: {len(c)} characters, at most {limits.max_text_chars} allowed")
+        if c in seen:
+            warnings.append(f"class {c!r} given twice; merged")
+            continue
+        seen.add(c)
+        names.append(c)
+    if templates is None or isinstance(templates, str):
+        tmpl = get_templates(templates)
+    else:
+        if not templates:
+            raise ReactError("templates: empty list")
+        if any(not isinstance(t, str) for t in templates):
+            raise ReactError("templates: every template must be a string")
+        tmpl = normalize_templates(list(templates))
+    if len(tmpl) > limits.max_templates:
+        raise ReactError(f"templates: {len(tmpl)} given, at most {limits.max_templates} allowed")
+    if any(len(t) > limits.max_text_chars for t in tmpl):
+        raise ReactError(f"templates: a template is longer than {limits.max_text_chars} characters")
+    if len(names) * len(tmpl) > limits.max_queries:
+        raise ReactError(f"{len(names)} classes x {len(tmpl)} templates = {len(names) * len(tmpl)} queries, "
+                         f"at most {limits.max_queries} allowed")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
+        raise ReactError(f"k must be an integer in [1, {limits.max_k}], got {k!r}")
+    if mode not in MODES:
+        raise ReactError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
+        raise ReactError(f"threshold must lie in [-1, 1], got {threshold}")
+    if dedup_threshold is not None and not 0.0 < float(dedup_threshold) <= 1.0:
+        raise ReactError(f"dedup_threshold must lie in (0, 1], got {dedup_threshold}")
+    return TaskSpec(names, tmpl, k, mode, threshold, dedup_threshold, warnings=warnings, **extra)
+
+
+@dataclass
+class TaskResult:
+    table: pa.Table               # SUBSET_SCHEMA columns first, then extras
+    stats: list[ClassStats]
+    warnings: list[str]
+    summary: dict                 # counts and timings
+
+    def report(self) -> dict:
+        return {"summary": self.summary, "classes": [s.to_json() for s in self.stats], "warnings": self.warnings,
+                "low_coverage_rule": LOW_COVERAGE_RULE}
+
+
+def resolve_model_spec(spec: str, index_dir: Path) -> tuple[str, str | None]:
+    """``(model, pretrained)`` for load_model from an index's recorded model: a model directory
+    (relative paths also tried against the index folder's ancestors) or ``name:tag``."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return str(path), None
+    if not path.is_absolute():
+        for base in Path(index_dir).resolve().parents:
+            if (base / path).is_dir():
+                return str(base / path), None
+    if ":" in spec and not spec.startswith(("hf-hub:", "local-dir:")):
+        name, tag = spec.rsplit(":", 1)
+        return name, tag
+    return spec, None
+
+
+def load_index_model(searcher, model: str | None = None, pretrained: str | None = None, device: str | None = None):
+    """The model an index was built with (or ``model`` if given), checked against the index."""
+    from react.models import load_model
+
+    spec = model or searcher.model
+    if not spec:
+        raise ReactError(f"index {searcher.root} records no model; pass one explicitly")
+    name, tag = (str(spec), pretrained) if model else resolve_model_spec(str(spec), searcher.root)
+    loaded = load_model(name, pretrained=tag, device=device)
+    searcher.check_model(loaded)
+    return loaded
+
+
+class TaskRetriever:
+    """Runs tasks against one opened index and its model. Thread-safe for concurrent ``run`` calls."""
+
+    def __init__(self, searcher, model=None, encode: Callable[[list[str]], np.ndarray] | None = None,
+                 timer: StageTimer | None = None) -> None:
+        self.searcher = searcher
+        self.model = model
+        self._encode = encode
+        self.timer = timer or (lambda stage, seconds: None)
+        self.dups = NearDuplicates(searcher)
+
+    def encode(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        if self._encode is not None:
+            return self._encode(texts)
+        if self.model is None:
+            raise ReactError(f"index {self.searcher.root}: no text model is loaded, so text queries are unavailable")
+        return self.model.encode_texts(texts, batch_size=batch_size).numpy()
+
+    def _timed(self, stage: str, timings: dict, fn, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent = time.perf_counter() - started
+            timings[stage] = timings.get(stage, 0.0) + spent
+            self.timer(stage, spent)
+
+    def run(self, spec: TaskSpec, progress: ProgressFn | None = None,
+            cancelled: Callable[[], bool] | None = None) -> TaskResult:
+        progress = progress or (lambda stage, done, total: None)
+        missing = [m for m in MODE_INDEX[spec.mode] if m not in self.searcher.modalities]
+        if missing:
+            raise ReactError(f"mode {spec.mode} needs the {missing[0]} index, which {self.searcher.root} lacks "
+                             f"(it has {', '.join(self.searcher.modalities)})")
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        queries = spec.queries()
+        n_t = len(spec.templates)
+        parts: list[Hits] = []
+        progress("search", 0, len(queries))
+        for lo in range(0, len(queries), spec.chunk):
+            if cancelled and cancelled():
+                raise TaskCancelled("task cancelled")
+            batch = queries[lo : lo + spec.chunk]
+            vecs = self._timed("encode", timings, self.encode, batch, spec.batch_size)
+            for modality in MODE_INDEX[spec.mode]:
+                scores, rows = self._timed("search", timings, self.searcher.search, vecs, spec.k, modality=modality)
+                hits = from_search(scores, rows, lo)
+                if spec.threshold is not None:
+                    hits = hits.select(hits.score >= spec.threshold)
+                parts.append(hits)
+            progress("search", min(lo + spec.chunk, len(queries)), len(queries))
+        hits = Hits.concat(parts)
+        del parts
+        raw_per_class = np.bincount(hits.query // n_t, minlength=len(spec.classes))
+        progress("merge", 0, 1)
+        merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries)
+        unique_before = len(merged)
+        groups: dict[int, int] = {}
+        if spec.dedup_threshold is not None and len(merged) > 1:
+            if cancelled and cancelled():
+                raise TaskCancelled("task cancelled")
+            progress("dedup", 0, 1)
+            edges = self._timed("dedup", timings, self.dups.edges, merged.row, spec.dedup_threshold)
+            if edges is not None and edges[0].size:
+                hits, groups = collapse_rows(hits, merged.row, merged.similarity, *edges)
+                merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries)
+        progress("metadata", 0, 1)
+        table = self._timed("metadata", timings, self._table, merged, spec, queries, groups)
+        stats, warnings = class_stats(merged, spec.classes, n_t, raw_per_class, spec.coverage_margin)
+        if spec.dedup_threshold is not None and self.dups.unavailable:
+            warnings.insert(0, self.dups.unavailable)
+        summary = {"index": str(self.searcher.root), "model": self.searcher.model, "classes": len(spec.classes),
+                   "templates": n_t, "queries": len(queries), "k": spec.k, "mode": spec.mode,
+                   "threshold": spec.threshold, "dedup_threshold": spec.dedup_threshold, "hits": int(len(hits)),
+                   "unique_pairs": unique_before, "near_duplicates_collapsed": unique_before - len(merged),
+                   "rows": len(merged), "seconds": round(time.perf_counter() - started, 3),
+                   "stage_seconds": {k: round(v, 3) for k, v in timings.items()}}
+        result = TaskResult(table, stats, spec.warnings + warnings, summary)
+        meta = {SUBSET_TASK_KEY: json.dumps({"spec": spec.to_json()} | result.report())}
+        result.table = table.replace_schema_metadata(meta)
+        progress("done", 1, 1)
+        return result
+
+    def _table(self, merged, spec: TaskSpec, queries: list[str], groups: dict[int, int]) -> pa.Table:
+        available = set(self.searcher.rowmeta.table.column_names)
+        cols = [c for c in ("key", "url", "caption", "image_path") if c in available]
+        meta = self.searcher.metadata(merged.row, columns=cols)
+        n = len(merged)
+        url = meta.column("url") if "url" in cols else meta.column("image_path") if "image_path" in cols \
+            else pa.nulls(n, pa.string())
+        columns = {
+            "key": meta.column("key").cast(pa.string()),
+            "url": url.cast(pa.string()),
+            "caption": meta.column("caption").cast(pa.string()),
+            "similarity": pa.array(merged.similarity, pa.float32()),
+            "classes": _ragged(merged.classes.offsets, pa.array(spec.classes, pa.string()), merged.classes.values),
+        }
+        table = pa.table(columns, schema=SUBSET_SCHEMA)
+        if spec.include_queries and merged.queries is not None:
+            table = table.append_column("queries", _ragged(merged.queries.offsets, pa.array(queries, pa.string()),
+                                                           merged.queries.values))
+        table = table.append_column("hits", pa.array(merged.hits, pa.int32()))
+        dup = np.ones(n, np.int32)
+        if groups:
+            keepers = np.fromiter(groups.keys(), np.int64, len(groups))
+            sizes = np.fromiter(groups.values(), np.int32, len(groups))
+            sorter = np.argsort(merged.row)
+            pos = sorter[np.searchsorted(merged.row, keepers, sorter=sorter)]
+            dup[pos] = sizes
+        table = table.append_column("duplicates", pa.array(dup, pa.int32()))
+        table = table.append_column("row", pa.array(merged.row, pa.int64()))
+        if "image_path" in cols:
+            table = table.append_column("image_path", meta.column("image_path").cast(pa.string()))
+        return table
+
+
+def _ragged(offsets: np.ndarray, names: pa.Array, values: np.ndarray) -> pa.Array:
+    """A list<string> column: row i holds ``names[values[offsets[i]:offsets[i+1]]]``."""
+    values = names.take(pa.array(values))
+    if offsets[-1] < 2**31 - 1:
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), values)
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values)
+
+
+def write_subset(result: TaskResult, path: str | os.PathLike) -> Path:
+    """The subset parquet (atomic), readable by img2dataset; the task report rides in its schema metadata."""
+    return write_parquet(result.table, path)
+
+
+def read_subset_report(path: str | os.PathLike) -> dict:
+    """The task report (summary, per-class stats, warnings) stored in a subset parquet."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(SUBSET_TASK_KEY.encode())
+    if raw is None:
+        raise ReactError(f"{path}: no task report in its metadata (not written by react retrieve?)")
+    return json.loads(raw)
