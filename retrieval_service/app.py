@@ -173,8 +173,8 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
 
     @app.post("/v1/retrieve", status_code=202, responses={200: {"model": InlineResult}, 202: {"model": JobInfo}})
     async def retrieve(req: RetrieveRequest):
-        spec = _spec(req)
         idx = registry.get(req.index)
+        spec = _spec(req)
         if req.inline and spec.n_queries <= cfg.inline_max_queries:
             result = await run_in_threadpool(idx.retriever.run, spec)
             return JSONResponse({"rows": result.table.drop_columns(["queries"] if "queries" in
