@@ -390,3 +390,38 @@ def test_react_serve_refuses_bad_options(tmp_path, capsys):
     assert run(["serve", "--index", str(tmp_path / "none")]) == 2
     assert "not an index folder" in capsys.readouterr().err
     assert run(["serve", "--index", "bad/name=" + str(tmp_path)]) == 2
+
+
+def test_react_serve_process_sighup_reload(index_dir, tmp_path):
+    """The real command: binds a free port on loopback, answers, reloads on SIGHUP, stops on SIGTERM."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "react", "serve", "--index", f"tiny={index_dir}", "--port", "0",
+                             "--state-dir", str(tmp_path), "--log-level", "warning"],
+                            stderr=subprocess.PIPE, text=True, env=os.environ | {"COLUMNS": "200"})
+    try:
+        url = None
+        while url is None:
+            line = proc.stderr.readline()
+            assert line, "react serve exited before printing its address"
+            if m := re.search(r"on (http://127\.0\.0\.1:\d+)", line):
+                url = m.group(1)
+        deadline = time.monotonic() + 60
+        while httpx.get(url + "/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        before = httpx.get(url + "/v1/indices").json()[0]["generation"]
+        proc.send_signal(signal.SIGHUP)
+        while httpx.get(url + "/v1/indices").json()[0]["generation"] == before:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        hit = httpx.post(url + "/v1/search", json={"text": "a photo of a car.", "k": 1}).json()["results"][0]
+        assert hit["key"] == "car"
+    finally:
+        proc.terminate()
+        # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status names the signal.
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
