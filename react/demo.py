@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from react.errors import ReactError
 from react.progress import console
-from react.schemas import CORPUS_MANIFEST, write_text
+from react.schemas import CLASSES_FILE, CORPUS_MANIFEST, TEMPLATES_FILE, write_text
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +20,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="run the pipeline on the embedded default and write OUT/summary.json",
         description="Fetch the embedded corpus, train (or reuse) the embedded base CLIP, evaluate it zero-shot "
         "on the held-out downstream task, embed the retrieval corpus and build its tuned T2I and T2T indices, "
+        "serve the index on loopback and retrieve the downstream task's subset through it, "
         "and write everything under --out.",
     )
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
@@ -64,11 +67,19 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print(f"{name} index: {entry['factory']} tuned to {entry['search_params']}: recall@{entry['k']} "
                       f"{entry['recall']:.3f} on {entry['queries']} queries, {entry['qps']:,.0f} q/s")
 
+    subset = out / "subset.parquet"
+    with _service(index, out / "service", timings) as url:
+        _step("retrieve", ["retrieve", "--server", url, "--classes", str(corpus / CLASSES_FILE), "--templates",
+                           str(corpus / TEMPLATES_FILE), "--k", "50", "--mode", "t2i", "--out", str(subset),
+                           "--json", str(out / "subset_report.json")], timings)
+    subset_summary = _subset_summary(out / "subset_report.json")
+
     metrics = json.loads(base_result.read_text())["metrics"]
     summary = {
         "corpus": {**{k: manifest["counts"][k] for k in ("pretraining", "retrieval", "downstream")},
                    "downstream_classes": manifest["downstream_classes"], "path": str(corpus)},
         "index": index_summary,
+        "subset": subset_summary,
         "base": {k: metrics[k] for k in ("top1", "top5", "mean_per_class_recall")},
         "chance_top1": round(1 / manifest["downstream_classes"], 4),
         "timings_s": timings,
@@ -107,3 +118,64 @@ def _index_summary(index: Path) -> dict:
                    "k": e["recall"]["k"], "recall": e["recall"]["value"], "queries": e["recall"]["queries"],
                    "qps": e["qps"], "exact_qps": e["exact_qps"], "speedup": e["speedup"]}
             for name, e in manifest["indices"].items()}
+
+
+@contextmanager
+def _service(index: Path, state_dir: Path, timings: dict[str, float]) -> Iterator[str]:
+    """``react serve`` on a free loopback port for the duration of the block."""
+    import re
+    import subprocess
+    import sys
+
+    started = time.time()
+    cmd = [sys.executable, "-m", "react", "serve", "--index", f"demo={index}", "--host", "127.0.0.1",
+           "--port", "0", "--state-dir", str(state_dir)]
+    console.rule(f"[bold]serve[/]  react {' '.join(cmd[3:])}")
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the service names its address before uvicorn starts
+            sys.stderr.write(line)
+            match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+            if match:
+                url = match.group(1)
+                break
+        if url is None:
+            raise ReactError(f"react serve exited ({proc.wait()}) before it listened")
+        import threading
+
+        # keep draining its log, or a full pipe would stall the service
+        threading.Thread(target=lambda: [sys.stderr.write(x) for x in proc.stderr], daemon=True).start()
+        _wait_ready(url, proc)
+        timings["serve-start"] = round(time.time() - started, 1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_ready(url: str, proc, timeout_s: float = 120.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise ReactError(f"react serve exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise ReactError(f"react serve at {url} not ready after {timeout_s:.0f} s")
+
+
+def _subset_summary(report_path: Path) -> dict:
+    report = json.loads(report_path.read_text())
+    return report.get("summary", report)
