@@ -18,6 +18,7 @@ from typing import Callable
 import faiss
 import numpy as np
 
+from index import batched_ivf
 from index.exact import drop_excluded
 from index.factory import as_float32, set_search_params
 from react.errors import ReactError
@@ -80,7 +81,7 @@ def search(
     shifted = bool(params.get("shift")) and shift is not None
     probe = normalize(queries + shift) if shifted else queries
     fetch = min((k + extra) * rerank, index.ntotal)
-    scores, found = index.search(probe, fetch)
+    scores, found = _ann(index, probe, fetch)
     if (rerank > 1 or shifted) and stored is not None:
         scores, found = _rescore(queries, found, stored)
     elif shifted:
@@ -90,6 +91,14 @@ def search(
     if exclude is not None:
         scores, rows = drop_excluded(scores, rows, exclude, k)
     return scores, rows
+
+
+def _ann(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """faiss' search, or for a batch over an IVF-Flat index the list-major GEMM
+    search, which scans exactly the same candidates (same scores, same rows)."""
+    if len(queries) >= batched_ivf.MIN_QUERIES and batched_ivf.supports(index):
+        return batched_ivf.batched_ivf_search(index, queries, k)
+    return index.search(queries, k)
 
 
 def _rescore(queries: np.ndarray, found: np.ndarray, stored: Callable) -> tuple[np.ndarray, np.ndarray]:

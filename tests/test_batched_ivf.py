@@ -1,0 +1,98 @@
+"""batched_ivf_search returns what faiss' own IVF search returns at the same nprobe."""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from index.batched_ivf import batched_ivf_search
+
+D, N, K = 64, 20000, 50
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((40, D)).astype(np.float32)
+    xb = _unit(centers[rng.integers(0, 40, N)] + 0.6 * rng.standard_normal((N, D)).astype(np.float32))
+    xq = _unit(centers[rng.integers(0, 40, 200)] + 1.0 * rng.standard_normal((200, D)).astype(np.float32))
+    return xb, xq
+
+
+@pytest.fixture(scope="module", params=["IVF64,Flat", "IVF64_HNSW32,Flat", "L2norm,IVF64,Flat"])
+def index(request, data) -> faiss.Index:
+    xb, _ = data
+    idx = faiss.index_factory(D, request.param, faiss.METRIC_INNER_PRODUCT)
+    faiss.extract_index_ivf(idx).cp.niter = 5
+    idx.train(xb)
+    idx.add(xb)
+    return idx
+
+
+def _check_same(Dr: np.ndarray, Ir: np.ndarray, Db: np.ndarray, Ib: np.ndarray) -> None:
+    assert Db.dtype == np.float32 and Ib.dtype == np.int64 and Db.shape == Dr.shape == Ib.shape
+    np.testing.assert_allclose(Db, Dr, atol=1e-5)
+    assert np.all(np.diff(Db, axis=1) <= 0)
+    np.testing.assert_array_equal(Ib == -1, Ir == -1)
+    for i in range(len(Ir)):  # ids may differ only among float ties at the k-th score
+        extra = np.setdiff1d(Ib[i], Ir[i])
+        if len(extra):
+            assert Db[i, -1] >= Dr[i, -1] - 1e-5 and np.isin(extra, Ib[i][Db[i] <= Dr[i, -1] + 1e-5]).all()
+
+
+@pytest.mark.parametrize("nprobe", [1, 8, 100])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matches_faiss_ivf(index, data, nprobe, threads) -> None:
+    _, xq = data
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = nprobe
+    Dr, Ir = index.search(xq, K)
+    Db, Ib = batched_ivf_search(index, xq, K, nprobe, threads=threads)
+    _check_same(Dr, Ir, Db, Ib)
+
+
+def test_k_larger_than_lists(index, data) -> None:
+    _, xq = data
+    ivf = faiss.extract_index_ivf(index)
+    sizes = [ivf.invlists.list_size(i) for i in range(ivf.nlist)]
+    k = 2 * max(sizes)  # nprobe=1: fewer than k candidates, padded with -1
+    ivf.nprobe = 1
+    Dr, Ir = index.search(xq[:50], k)
+    Db, Ib = batched_ivf_search(index, xq[:50], k, 1, threads=2)
+    assert (Ib == -1).any()
+    _check_same(Dr, Ir, Db, Ib)
+    ivf.nprobe = 4
+    Dr, Ir = index.search(xq[:50], k)
+    _check_same(Dr, Ir, *batched_ivf_search(index, xq[:50], k, 4))
+
+
+def test_rejects_other_indexes(data) -> None:
+    xb, xq = data
+    sq = faiss.index_factory(D, "IVF16,SQ8", faiss.METRIC_INNER_PRODUCT)
+    sq.train(xb[:2000])
+    with pytest.raises(ValueError):
+        batched_ivf_search(sq, xq, 10, 4)
+    l2 = faiss.index_factory(D, "IVF16,Flat")
+    l2.train(xb[:2000])
+    with pytest.raises(ValueError):
+        batched_ivf_search(l2, xq, 10, 4)
+    with pytest.raises(ValueError):
+        batched_ivf_search(faiss.IndexFlatIP(D), xq, 10, 4)
+
+
+def test_index_search_takes_the_batched_path_for_batches(index, data) -> None:
+    """index.query.search (tuning, eval, serving) answers a batch exactly as faiss does."""
+    from index.query import search
+
+    _, xq = data
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = 8
+    Dr, Ir = index.search(xq, K)
+    Ds, Is = search(index, xq, K, {"nprobe": 8})
+    _check_same(Dr, Ir, Ds, Is)
+    D1, I1 = search(index, xq[:1], K, {"nprobe": 8})  # one query: faiss' own scan
+    _check_same(Dr[:1], Ir[:1], D1, I1)
