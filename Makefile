@@ -19,6 +19,7 @@ demo: setup
 	$(VENV)/bin/react demo --out $(DEMO_OUT)
 
 test: setup
+	@bash scripts/test_deps.sh
 	$(PY) -m pytest -q
 
 clean:

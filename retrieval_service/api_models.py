@@ -91,3 +91,13 @@ class IndexInfo(BaseModel):
     modalities: dict
     generation: int
     loaded_at: str
+
+
+class IndexImages(BaseModel):
+    """Whether an index's corpus images can be served from this machine (``GET /v1/indices/{name}/images``)."""
+
+    index: str
+    local: bool
+    form: Optional[str] = Field(None, description="the corpus form the embeddings were made from")
+    reason: Optional[str] = Field(None, description="why images are not served (then use each row's url)")
+    image_url: Optional[str] = Field(None, description="template of a row's image URL, {row} replaced by rows[i].row")

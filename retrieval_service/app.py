@@ -210,6 +210,8 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
 
     add_compat_routes(app, cfg, registry, metrics)
     app.add_middleware(Guard, api_keys=cfg.api_keys, max_body=cfg.max_body_bytes, metrics=metrics)
+    from retrieval_service.browse import add_browse  # after Guard: the page's own files bypass it
+    add_browse(app)
     return app
 
 
