@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -205,18 +206,18 @@ def check_embeddings(emb_dir: str | os.PathLike, norms: bool = True) -> dict:
                 raise ReactError(f"part {part}: {sub} file missing in {root}")
     dim = None
     rows_per_part: list[int] = []
-    seen: set[str] = set()
+    hashes: list[np.ndarray] = []
     for part in range(max(every) + 1):
         info = check_part(root, part, norms=norms)
         if dim is None:
             dim = info["dim"]
         elif info["dim"] != dim:
             raise ReactError(f"part {part}: dim {info['dim']} differs from part 0's {dim}")
-        for key in info["keys"]:
-            if key in seen:
-                raise ReactError(f"part {part}: duplicate key {key!r}")
-            seen.add(key)
+        hashes.append(pd.util.hash_array(np.asarray(info["keys"], dtype=object), categorize=False))
         rows_per_part.append(info["rows"])
+    duplicate = _duplicate_key(root, hashes)
+    if duplicate:
+        raise ReactError(f"part {duplicate[0]}: duplicate key {duplicate[1]!r}")
     manifest = _read_manifest(root)
     if manifest:
         if manifest.get("dim") not in (None, dim):
@@ -226,6 +227,32 @@ def check_embeddings(emb_dir: str | os.PathLike, norms: bool = True) -> dict:
     return {"parts": len(rows_per_part), "count": sum(rows_per_part), "dim": dim,
             "rows_per_part": rows_per_part, "model": (manifest or {}).get("model"),
             "model_id": (manifest or {}).get("model_id") or (manifest or {}).get("model")}
+
+
+def _duplicate_key(root: Path, hashes: list[np.ndarray]) -> tuple[int, str] | None:
+    """The first key held twice, as (later part, key), from 8-byte key hashes:
+    a set of 400M Python strings would need tens of GB, the hashes need 3.2 GB.
+    Equal hashes are confirmed on the keys themselves (64-bit collisions happen
+    at that scale)."""
+    if not hashes:
+        return None
+    flat = np.concatenate(hashes)
+    order = np.argsort(flat, kind="stable")
+    ties = np.flatnonzero(flat[order][1:] == flat[order][:-1])
+    starts = np.cumsum([0] + [len(h) for h in hashes])
+    keys: dict[int, list] = {}
+
+    def key_at(row: int) -> tuple[int, str]:
+        part = int(np.searchsorted(starts, row, side="right") - 1)
+        if part not in keys:
+            keys[part] = pq.read_table(metadata_path(root, part), columns=["key"]).column("key").to_pylist()
+        return part, str(keys[part][row - starts[part]])
+
+    for i in ties:
+        (pa_, ka), (pb, kb) = key_at(int(order[i])), key_at(int(order[i + 1]))
+        if ka == kb:
+            return max(pa_, pb), ka
+    return None
 
 
 def _read_manifest(root: Path) -> dict | None:

@@ -188,3 +188,20 @@ def test_cli(tiny_model_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--resume" in err and "\n" not in err
     assert run(argv + ["--resume"]) == 0
+
+
+def test_check_embeddings_finds_keys_repeated_across_parts(tmp_path):
+    """Duplicate keys are found from key hashes across parts; the error names the later part and the key."""
+    from index.embed import write_embedding_folder
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 8)).astype(np.float32)
+    keys = [f"k{i}" for i in range(10)]
+    keys[7] = "k2"  # part 0 holds rows 0-3, part 2 rows 8-9: row 7 is in part 1
+    meta = pa.table({"key": keys, "caption": ["c"] * 10, "url": ["http://x.invalid/"] * 10})
+    write_embedding_folder(tmp_path / "dup", x, x, meta, part_size=4)
+    with pytest.raises(ReactError, match=r"part 1: duplicate key 'k2'"):
+        check_embeddings(tmp_path / "dup")
+    meta = meta.set_column(0, "key", pa.array([f"k{i}" for i in range(10)]))
+    write_embedding_folder(tmp_path / "ok", x, x, meta, part_size=4)
+    assert check_embeddings(tmp_path / "ok")["count"] == 10
