@@ -21,6 +21,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Fetch the embedded corpus, train (or reuse) the embedded base CLIP, evaluate it zero-shot "
         "on the held-out downstream task, embed the retrieval corpus and build its tuned T2I and T2T indices, "
         "serve the index on loopback and retrieve the downstream task's subset through it, "
+        "download the subset's images through img2dataset from a loopback web, "
         "and write everything under --out.",
     )
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
@@ -73,6 +74,7 @@ def run_demo(args: argparse.Namespace) -> int:
                            str(corpus / TEMPLATES_FILE), "--k", "50", "--mode", "t2i", "--out", str(subset),
                            "--json", str(out / "subset_report.json")], timings)
     subset_summary = _subset_summary(out / "subset_report.json")
+    download_summary = _download(corpus, subset, out / "shards", timings)
 
     metrics = json.loads(base_result.read_text())["metrics"]
     summary = {
@@ -80,6 +82,7 @@ def run_demo(args: argparse.Namespace) -> int:
                    "downstream_classes": manifest["downstream_classes"], "path": str(corpus)},
         "index": index_summary,
         "subset": subset_summary,
+        "download": download_summary,
         "base": {k: metrics[k] for k in ("top1", "top5", "mean_per_class_recall")},
         "chance_top1": round(1 / manifest["downstream_classes"], 4),
         "timings_s": timings,
@@ -88,6 +91,29 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print_json(data=summary)
     console.print(f"[green]demo finished:[/] {out / 'summary.json'}")
     return 0
+
+
+def _download(corpus: Path, subset: Path, shards: Path, timings: dict[str, float]) -> dict:
+    """``react download`` of the subset, its urls answered by the retrieval
+    corpus served on loopback (the same HTTP path as LAION urls take); a
+    download of the same rows is resumed, so a second demo fetches nothing."""
+    from index.download.inputs import read_subset
+    from index.download.loopback import serve_corpus
+    from react.schemas import DOWNLOAD_MANIFEST
+
+    try:
+        done = json.loads((shards / DOWNLOAD_MANIFEST).read_text())["input"]["digest"]
+    except (OSError, ValueError, KeyError):
+        done = None
+    mode = "--resume" if done == read_subset(subset).digest else "--overwrite"
+    with serve_corpus(corpus) as web:
+        console.print(f"serving the retrieval corpus' images on {web.url} (http_proxy for its urls)")
+        # shards of 100: several per DataLoader worker for the trainer
+        _step("download", ["download", str(subset), "--out", str(shards), "--shard-size", "100", mode], timings)
+    s = json.loads((shards / DOWNLOAD_MANIFEST).read_text())["summary"]
+    return {"requested": s["requested"], "downloaded": s["downloaded"], "failed": s["failed"],
+            "failed_by_reason": s["failed_by_reason"], "shards": s["shards"], "warnings": len(s["warnings"]),
+            "seconds": timings["download"], "images_served": web.served}
 
 
 def _same_model(embeddings: Path, model: Path) -> bool:

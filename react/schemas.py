@@ -90,7 +90,18 @@ SUBSET_SCHEMA = pa.schema(
 SUBSET_TASK_KEY = "react.task"
 
 # --- shards -------------------------------------------------------------------
+# A shards folder (``react download``, img2dataset's webdataset output):
+# ``{00000..N}.tar`` with ``.jpg``/``.txt``/``.json`` per sample, img2dataset's
+# ``{shard}_stats.json`` and ``{shard}.parquet`` (every row, with status and
+# error), ``sizes.json`` ({"00000.tar": successful samples}) written last, and
+# the download manifest (input digest, options, rounds, summary).
 SHARD_SIZES_FILE = "sizes.json"
+DOWNLOAD_MANIFEST = "download.json"
+# Subset columns carried into every sample's .json (those present). img2dataset
+# reserves ``key`` for its own sample key, so the subset's key travels as
+# ``subset_key``; a subset without keys gets its row numbers.
+SHARD_KEPT_COLUMNS = ("key", "similarity", "classes")
+SHARD_SUBSET_KEY = "subset_key"
 
 # --- eval results ---------------------------------------------------------------
 RESULT_KEYS = ("task", "model", "dataset", "metrics", "per_class")

@@ -1,0 +1,101 @@
+"""``download_subset``: what ``react download`` runs."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from react.errors import ReactError
+from react.progress import console, progress
+from react.schemas import SHARD_SUBSET_KEY
+
+from index.download.inputs import read_subset
+from index.download.options import DownloadOptions
+from index.download.runner import Round, run_round
+from index.download.shardsdir import ShardsDir
+from index.download.summary import print_summary, summarize
+
+
+def download_subset(subset: str | Path, out: str | Path, *, local_corpus: str | Path | None = None,
+                    resume: bool = False, retry_failed: bool = False, overwrite: bool = False,
+                    options: DownloadOptions | None = None) -> dict:
+    """Download the subset's images into webdataset shards in ``out`` and
+    return the summary (also in ``out/download.json``).
+
+    ``resume``: keep the complete shards of an earlier run of the same subset,
+    redo the missing or broken ones. ``retry_failed``: additionally re-attempt
+    the rows whose latest attempt failed, into new shards after the existing
+    ones. ``overwrite``: replace whatever shards ``out`` holds.
+    ``local_corpus``: read the images from that folder instead of the urls."""
+    opts = options or DownloadOptions()
+    opts.validate()
+    if overwrite and (resume or retry_failed):
+        raise ReactError("--overwrite starts again; it cannot be combined with --resume or --retry-failed")
+    started = time.time()
+    sub = read_subset(subset, opts.keep)
+    local = None
+    if local_corpus is not None:
+        from index.download.local import LocalCorpus
+
+        local = LocalCorpus(local_corpus)
+    record = {"path": str(sub.path), "rows": sub.rows, "digest": sub.digest}
+    folder = ShardsDir.open(Path(out), record, opts.layout(sub.kept), resume=resume, retry_failed=retry_failed,
+                            overwrite=overwrite)
+    with progress(transient=True) as bar:
+        task = bar.add_task("checking shards", total=None, unit="shard")
+        todo = folder.verify(lambda done, total: bar.update(task, completed=done, total=total))
+    kept_before = len(folder.shards)
+    if kept_before:
+        console.print(f"{kept_before} complete shard(s) kept, {len(todo)} to download", highlight=False)
+
+    image_paths = dict(zip(sub.table.column(SHARD_SUBSET_KEY).to_pylist(), sub.image_paths)) \
+        if sub.image_paths else None
+    columns = list(sub.kept)
+
+    def prepared(table: pa.Table, index: int) -> tuple[pa.Table, list[str], tuple | None]:
+        if local is None:
+            return table, columns, None
+        from index.download.local import LOCAL_URL, RESTORE
+
+        return local.prepare(table, image_paths, folder.work / "inputs" / f"files-{index}"), \
+            [*columns, LOCAL_URL], RESTORE
+
+    verb = "reading" if local else "downloading"
+    if todo:
+        size = opts.shard_size
+        table, cols, rewrite = prepared(sub.table, 0)
+        rows = sum(min(size, sub.rows - s * size) for s in todo)
+        run_round(folder, Round(0, table, 0, todo, cols, rows, rewrite, commit_each=True), opts, verb)
+
+    if retry_failed:
+        failed = _failed_rows(folder, sub.table)
+        if failed.num_rows == 0:
+            console.print("nothing to retry: every row is downloaded", highlight=False)
+        else:
+            index, first = len(folder.rounds), folder.next_shard()
+            shards = -(-failed.num_rows // opts.shard_size)
+            table, cols, rewrite = prepared(failed, index)
+            run_round(folder, Round(index, table, first, list(range(first, first + shards)), cols,
+                                    failed.num_rows, rewrite, commit_each=False), opts, f"retrying ({verb})")
+            folder.add_round(first, shards, failed.num_rows)
+
+    attempts = folder.attempts([SHARD_SUBSET_KEY])
+    summary = summarize(sub.table, attempts, opts.warn_below, {
+        "shards": len(folder.shards), "rounds": len(folder.rounds), "seconds": round(time.time() - started, 1),
+        "local_corpus": str(local_corpus) if local_corpus else None, "warn_below": opts.warn_below})
+    folder.finish(summary, opts.record())
+    print_summary(summary, str(out))
+    return summary
+
+
+def _failed_rows(folder: ShardsDir, subset: pa.Table) -> pa.Table:
+    """The rows whose latest attempt failed, in subset order, as img2dataset's input."""
+    names = subset.column_names
+    attempts = folder.attempts(names)
+    failed = attempts.filter(pc.not_equal(attempts.column("status"), "success")).select(names)
+    position = {k: i for i, k in enumerate(subset.column(SHARD_SUBSET_KEY).to_pylist())}
+    keys = failed.column(SHARD_SUBSET_KEY).to_pylist()
+    order = sorted(range(failed.num_rows), key=lambda i: position.get(keys[i], i))
+    return failed.take(pa.array(order, pa.int64())).cast(subset.schema)
