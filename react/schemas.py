@@ -146,6 +146,21 @@ def validate_corpus_table(table: pa.Table, where: str) -> None:
     check_pairs(table.column("key").to_pylist(), table.column("caption").to_pylist(), where)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def umask_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a mkstemp/mkdtemp result the mode a plain open()/mkdir() would have:
+    those create 0600/0700, which would make outputs private to their writer."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto ``final`` only on success."""
@@ -154,6 +169,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    umask_mode(tmp)
     try:
         yield tmp
         tmp.replace(final)
@@ -170,6 +186,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    umask_mode(tmp, directory=True)
     try:
         yield tmp
         if final.exists():

@@ -69,6 +69,23 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert final.read_text() == "whole"
 
 
+def test_atomic_outputs_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    import os
+    import stat
+
+    from react.schemas import atomic_dir
+
+    from react import schemas
+
+    with atomic_path(tmp_path / "f.json") as tmp:
+        tmp.write_text("{}")
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "x").write_text("x")
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o666 & ~schemas._UMASK
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~schemas._UMASK
+    assert schemas._UMASK == (lambda m: (os.umask(m), m)[1])(os.umask(0))
+
+
 def test_embedding_layout_names(tmp_path):
     assert img_emb_path(tmp_path, 3).relative_to(tmp_path).as_posix() == "img_emb/img_emb_3.npy"
     assert text_emb_path(tmp_path, 0).relative_to(tmp_path).as_posix() == "text_emb/text_emb_0.npy"

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from react.errors import ReactError
-from react.schemas import DOWNLOAD_MANIFEST, SHARD_SIZES_FILE, write_text
+from react.schemas import DOWNLOAD_MANIFEST, SHARD_SIZES_FILE, umask_mode, write_text
 from react.shards import TarMember, scan_tar
 
 MANIFEST_FORMAT = 1
@@ -104,6 +104,7 @@ def _place(src: Path, dst: Path, rewrite: Callable[[Path, Path], None] | None) -
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    umask_mode(tmp)
     try:
         if rewrite is not None:
             rewrite(src, tmp)
