@@ -4,7 +4,8 @@ A model is named by any of:
 - an open_clip architecture plus a pretrained tag (``ViT-B-32`` + ``openai``),
 - a directory with ``open_clip_config.json`` + ``open_clip_model.safetensors``
   (the embedded base, an exported customized model), also as ``local-dir:DIR``,
-- an architecture plus a local checkpoint file as ``pretrained``.
+- an architecture plus a local checkpoint file as ``pretrained``,
+- a customization run directory (``react customize --out``; see RUN_FILE).
 """
 from __future__ import annotations
 
@@ -22,6 +23,22 @@ from react.schemas import atomic_dir
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 LOCAL_PREFIX = "local-dir:"
+
+# Customized models (customize/) extend open_clip's architecture. An exported
+# model directory names its extension in config["react"]["architecture"]; a
+# customization run directory holds RUN_FILE. The stage module that rebuilds
+# them is imported only when such a model is loaded, so the core imports no
+# stage up front. Values are "module:function".
+ARCHITECTURES = {"react-gated": "customize.gated:apply_architecture"}
+RUN_FILE = "react_run.json"
+RUN_LOADER = "customize.checkpoint:load_run"
+
+
+def _hook(target: str) -> Callable[..., Any]:
+    import importlib
+
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 @dataclass
@@ -139,15 +156,27 @@ def load_model(
     local = spec_str[len(LOCAL_PREFIX) :] if spec_str.startswith(LOCAL_PREFIX) else spec_str
     local_path = Path(local).expanduser()
 
+    if local_path.is_dir() and (local_path / RUN_FILE).is_file():
+        return _hook(RUN_LOADER)(local_path, device=device)
     if local_path.is_dir():
         config = read_model_dir(local_path)
         model_cfg = config["model_cfg"]
         text_cfg = _resolve_hf_path(model_cfg.get("text_cfg", {}))
         model_cfg = model_cfg | {"text_cfg": text_cfg}
+        arch = (config.get("react") or {}).get("architecture")
+        if arch is not None and arch not in ARCHITECTURES:
+            raise ReactError(f"{local_path}: unknown model architecture {arch!r}")
         try:
+            # An extended architecture is built bare, grown, then loaded strictly.
             model, _, preprocess = open_clip.create_model_and_transforms(
-                LOCAL_PREFIX + str(local_path.resolve()), device=device, text_cfg=text_cfg
+                LOCAL_PREFIX + str(local_path.resolve()), device=device, text_cfg=text_cfg,
+                load_weights=arch is None,
             )
+            if arch is not None:
+                from safetensors.torch import load_model as load_safetensors
+
+                _hook(ARCHITECTURES[arch])(model, config["react"])
+                load_safetensors(model, str(local_path / WEIGHTS_FILE), strict=True, device=str(device))
         except (RuntimeError, ValueError, OSError) as exc:
             raise ReactError(f"cannot load model from {local_path}: {str(exc).splitlines()[0]}") from None
         if "hf_tokenizer_name" in text_cfg:
