@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from react.errors import ReactError
 from retrieval_service.api_models import (IndexInfo, InlineResult, JobInfo, RetrieveRequest, SearchRequest,
                                           SearchResponse)
+from retrieval_service.batcher import Batchers
 from retrieval_service.config import ServiceConfig
 from retrieval_service.errors import ServiceError
 from retrieval_service.guard import Guard
@@ -60,12 +61,15 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, list]:
 
 def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
     metrics = Metrics()
-    registry = IndexRegistry(cfg.indices, cfg.models, cfg.device, metrics)
+    batchers = Batchers(cfg.batch_max, cfg.batch_wait_ms / 1000, metrics.observe_batch,
+                        cfg.batch_threads) if cfg.batching else None
+    registry = IndexRegistry(cfg.indices, cfg.models, cfg.device, metrics, batchers)
     jobs = JobStore(cfg.state_dir, cfg.job_workers, cfg.max_active_jobs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loader = threading.Thread(target=_load_quietly, args=(registry,), name="react-load", daemon=True)
+        loader = threading.Thread(target=_load_quietly, args=(registry, cfg.gc_freeze), name="react-load",
+                                  daemon=True)
         loader.start()
         if not load_in_background:
             await run_in_threadpool(loader.join)
@@ -76,6 +80,8 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
             pass
         yield
         jobs.shutdown()
+        if batchers is not None:
+            batchers.close()
 
     app = FastAPI(title="react-clip retrieval service", version="1", lifespan=lifespan)
     app.state.cfg, app.state.registry, app.state.jobs, app.state.metrics = cfg, registry, jobs, metrics
@@ -144,6 +150,12 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
             raise ServiceError(f"give exactly one of text, image, embedding (got {', '.join(given) or 'none'})")
         idx = registry.get(req.index)
         raw = decode_base64(req.image, cfg.max_image_bytes) if req.image is not None else None
+        if batchers is not None and raw is None:  # batched with concurrent requests' queries, no threadpool hop
+            from retrieval_service import batched
+
+            return await batched.search(idx, req.text, req.embedding, req.k, req.modality, cfg, metrics, batchers)
+        if batchers is not None:
+            batchers.release_encode()  # an image: the text encode worker need not wait for it
         return await run_in_threadpool(_search, idx, req.k, req.modality, req.text, raw, req.embedding)
 
     @app.post("/v1/search/upload", response_model=SearchResponse)
@@ -208,15 +220,29 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
 
     from retrieval_service.compat import add_compat_routes
 
-    add_compat_routes(app, cfg, registry, metrics)
+    add_compat_routes(app, cfg, registry, metrics, batchers)
+    if batchers is not None:
+        from retrieval_service.batched import Announce
+
+        app.add_middleware(Announce, batchers=batchers)
     app.add_middleware(Guard, api_keys=cfg.api_keys, max_body=cfg.max_body_bytes, metrics=metrics)
     from retrieval_service.browse import add_browse  # after Guard: the page's own files bypass it
     add_browse(app)
     return app
 
 
-def _load_quietly(registry: IndexRegistry) -> None:
+def _load_quietly(registry: IndexRegistry, gc_freeze: bool = False) -> None:
     try:
         registry.load_all()
     except ReactError:
         pass  # recorded in registry.load_error; /readyz reports it
+    if gc_freeze:
+        import gc
+
+        # What is loaded now (models, tokenizer vocabularies, the framework) lives as long as the
+        # process: moved out of the collector's view, a full collection no longer walks its ~430k
+        # objects with the GIL held (up to 0.9 s measured). 16 text clients, 100k index: p99 114 ms
+        # frozen, 457 ms not (medians of 4 alternating runs, same q/s). Reloaded indices are not
+        # frozen, so an old index's reference cycles can still be collected.
+        gc.collect()
+        gc.freeze()

@@ -32,6 +32,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--image-url-timeout", type=float, default=5.0, metavar="S", help="(default: 5 s)")
     serve.add_argument("--max-image-mb", type=float, default=8.0, help="largest query image (default: 8 MB)")
     serve.add_argument("--job-workers", type=int, default=1, help="tasks run at once (default: 1)")
+    serve.add_argument("--no-batching", dest="batching", action="store_false",
+                       help="search (and encode) each single query on its own thread instead of batching "
+                            "concurrent requests' queries into one call")
+    serve.add_argument("--batch-wait-ms", type=float, default=1.0, metavar="MS",
+                       help="longest a batch waits for requests already in the service to join it (default: 1)")
+    serve.add_argument("--batch-max", type=int, default=64, metavar="N", help="most queries per batch (default: 64)")
+    serve.add_argument("--batch-threads", type=int, default=1, metavar="N",
+                       help="threads faiss and torch use inside one batched call (default: 1; 0: their defaults)")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     serve.set_defaults(func=_serve)
 

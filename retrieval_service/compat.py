@@ -25,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from retrieval_service.batcher import Batchers
 from retrieval_service.config import ServiceConfig
 from retrieval_service.errors import ServiceError
 from retrieval_service.images import decode_base64, fetch_url
@@ -63,7 +64,8 @@ class MetadataRequest(BaseModel):
     indice_name: Optional[str] = None
 
 
-def add_compat_routes(app: FastAPI, cfg: ServiceConfig, registry: IndexRegistry, metrics: Metrics) -> None:
+def add_compat_routes(app: FastAPI, cfg: ServiceConfig, registry: IndexRegistry, metrics: Metrics,
+                      batchers: Batchers | None = None) -> None:
     @app.get("/indices-list")
     async def indices_list() -> list[str]:
         return registry.names()
@@ -104,6 +106,8 @@ def add_compat_routes(app: FastAPI, cfg: ServiceConfig, registry: IndexRegistry,
 
     @app.post("/knn-service")
     async def knn_service(req: KnnRequest) -> JSONResponse:
+        if batchers is not None and not req.text:
+            batchers.release_encode()  # the encode worker need not wait for this request
         results, warnings = await run_in_threadpool(_knn, req)
         headers = {"X-React-Warning": "; ".join(warnings)[:1000].encode("ascii", "replace").decode()} if warnings else None
         return JSONResponse(results, headers=headers)

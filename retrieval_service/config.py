@@ -28,6 +28,13 @@ class ServiceConfig:
     inline_max_queries: int = 2000            # larger tasks always become jobs
     max_active_jobs: int = 16                 # queued + running; more answer 429
     job_workers: int = 1                      # tasks run one at a time by default: each uses every core
+    # Cross-request batching of single queries (retrieval_service/batcher.py): the worker waits at most
+    # batch_wait_ms for announced requests to join a batch; off: each request searches on its own thread.
+    batching: bool = True
+    batch_max: int = 64
+    batch_wait_ms: float = 1.0
+    batch_threads: int = 1                    # faiss/torch threads inside one batched call (0: their defaults)
+    gc_freeze: bool = False                   # react serve: exempt what startup loaded from garbage collection
 
     @property
     def default_index(self) -> str:

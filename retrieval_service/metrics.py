@@ -24,8 +24,13 @@ class Metrics:
         self.stage = Histogram("react_stage_seconds", "Time per processing stage", ["stage"], buckets=BUCKETS,
                                registry=self.registry)
         self.jobs = Gauge("react_jobs", "Retrieval jobs by state", ["state"], registry=self.registry)
+        self.batch_size = Histogram("react_batch_size", "Queries per batched call (cross-request batching)",
+                                    ["batcher"], buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
         self.index_reloads = Counter("react_index_reloads", "Index reloads", ["index", "outcome"],
                                      registry=self.registry)
+
+    def observe_batch(self, batcher: str, size: int) -> None:
+        self.batch_size.labels(batcher).observe(size)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)

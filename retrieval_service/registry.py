@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from react.errors import ReactError
+from retrieval_service.batcher import Batchers, encode_batch, search_batch
 from retrieval_service.errors import ServiceError, not_found
 from retrieval_service.metrics import Metrics
 from retrieval_service.task import TaskRetriever, load_index_model
@@ -34,6 +35,7 @@ class LoadedIndex:
     generation: int
     loaded_at: float = field(default_factory=time.time)
     model_error: str | None = None
+    batchers: Batchers | None = None  # cross-request batching of single queries (None: each runs alone)
 
     @property
     def dim(self) -> int:
@@ -46,7 +48,20 @@ class LoadedIndex:
         return self.model
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return self.require_model().encode_texts(texts).numpy()
+        model = self.require_model()
+        if self.batchers is not None and len(texts) == 1:
+            fn = encode_batch(lambda batch: model.encode_texts(batch).numpy())
+            return self.batchers.encode.run(("encode", id(model)), fn, texts[0])
+        return model.encode_texts(texts).numpy()
+
+    def search(self, vec: np.ndarray, k: int, modality: str, query_modality: str) -> tuple[np.ndarray, np.ndarray]:
+        """``Searcher.search`` of one [1, d] query, batched with concurrent requests' when enabled.
+        Only equal k share a batch: a larger k widens HNSW's ef and re-ranking's over-fetch, so a
+        shared larger search could answer differently from the request's own."""
+        if self.batchers is None or vec.shape[0] != 1:
+            return self.searcher.search(vec, k, modality=modality, query_modality=query_modality)
+        key = ("search", id(self.searcher), modality, query_modality, k)  # the batch fn holds the searcher
+        return self.batchers.search.run(key, search_batch(self.searcher, k, modality, query_modality), vec)
 
     def info(self) -> dict:
         m = self.searcher.manifest
@@ -58,13 +73,33 @@ class LoadedIndex:
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
 
+def no_list_prefetch(searcher) -> None:
+    """Stop faiss from starting threads on every search of a memory-mapped inverted file.
+
+    ``Searcher`` memory-maps IVF lists, which faiss wraps as ``OnDiskInvertedLists``; their search
+    first "prefetches" the probed lists with ``prefetch_nthread`` (32) freshly created threads, on
+    every call. With the lists in the page cache that is pure overhead: one query at 100k x 512
+    (IVF1024, nprobe 32) cost 2.7 ms of CPU with it and 0.54 ms without (measured on the 2-core
+    machine). Pages still come in on first touch, as for any memory map."""
+    import faiss
+
+    for mod in searcher.modalities.values():
+        ivf = faiss.try_extract_index_ivf(mod.index)
+        if ivf is None:
+            continue
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        if isinstance(lists, faiss.OnDiskInvertedLists):
+            lists.prefetch_nthread = 0
+
+
 class IndexRegistry:
     def __init__(self, paths: dict[str, Path], models: dict[str, str] | None = None, device: str | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, batchers: Batchers | None = None) -> None:
         self.paths = dict(paths)
         self.models = dict(models or {})
         self.device = device
         self.metrics = metrics or Metrics()
+        self.batchers = batchers
         self._loaded: dict[str, LoadedIndex] = {}
         self._reload_locks = {name: threading.Lock() for name in paths}
         self._generation = 0
@@ -79,6 +114,7 @@ class IndexRegistry:
 
         path = self.paths[name]
         searcher = Searcher(path)
+        no_list_prefetch(searcher)
         model, model_error = None, None
         try:
             model = load_index_model(searcher, self.models.get(name), device=self.device)
@@ -88,7 +124,8 @@ class IndexRegistry:
             log.warning("index %s: %s", name, exc)
         self._generation += 1
         retriever = TaskRetriever(searcher, model, timer=self.metrics.observe_stage)
-        return LoadedIndex(name, path, searcher, model, retriever, self._generation, model_error=model_error)
+        return LoadedIndex(name, path, searcher, model, retriever, self._generation, model_error=model_error,
+                           batchers=self.batchers)
 
     def load_all(self) -> None:
         """Open every index (startup, in a background thread: /healthz answers meanwhile)."""
