@@ -15,9 +15,10 @@ is built here with ``embed_dim`` 512 instead of 32, seeded, and saved through
 the index records it (path and weight digest) so ``react serve`` loads it and
 ``Searcher.check_model`` accepts it. Its text vectors are meaningless against
 CLIP-like image vectors, so text-input figures measure the service (tokenize,
-encode, search, metadata, HTTP) with a model whose forward pass is cheap -- a
-real ViT-B/32 text tower costs ~5-10 ms a prompt on 2 cores, which would then
-dominate. The embedding-input figures use the real query distribution.
+encode, search, metadata, HTTP) with a model whose forward pass is cheap; a
+real CLIP text tower (12 layers, width 512) would cost far more per prompt and
+dominate (not measured here). The embedding-input figures use the real query
+distribution.
 """
 from __future__ import annotations
 
