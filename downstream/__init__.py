@@ -21,6 +21,7 @@ _LAZY = {
     "build_classification_dataset": "downstream.datasets",
     "evaluate_zeroshot": "downstream.zeroshot",
     "get_templates": "downstream.templates",
+    "ensure_scenes": "downstream.scenes",
 }
 
 if TYPE_CHECKING:
