@@ -15,7 +15,7 @@ from react.errors import ReactError
 # Modules that each expose ``add_parsers(subparsers)``; their commands set
 # ``func`` via set_defaults.
 STAGES: tuple[str, ...] = ("react.embedded.cli", "downstream.cli", "index.cli", "retrieval_service.cli",
-                           "index.download.cli", "customize.cli", "react.demo")
+                           "index.download.cli", "customize.cli", "react.demo", "downstream.report_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
