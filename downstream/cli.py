@@ -55,6 +55,10 @@ def _add_zeroshot(tasks: argparse._SubParsersAction) -> None:
 # Later tasks (linear-probe, retrieval, detection, segmentation) append here.
 TASKS: list[Callable[[argparse._SubParsersAction], None]] = [_add_zeroshot]
 
+from downstream.segmentation_cmd import add_segmentation  # noqa: E402
+
+TASKS.append(add_segmentation)
+
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` and its task sub-commands on the top-level subparsers."""
