@@ -13,6 +13,8 @@ import numpy as np
 
 DPI = 110
 POSITIVE, NEGATIVE = "#2e7d32", "#c62828"  # the paper's green gains, red losses
+MAX_BARS_PER_SIDE = 30
+MAX_PANELS = 40
 
 
 def _pyplot():
@@ -37,11 +39,17 @@ def per_class_gain_figure(gains: dict[str, dict[str, float]], base: str, metric:
     points, sorted from largest gain to largest loss (as the REACT paper's
     per-dataset figure)."""
     plt = _pyplot()
-    n_classes = max(len(g) for g in gains.values())
-    fig, axes = plt.subplots(len(gains), 1, squeeze=False,
+    n_classes = min(max(len(g) for g in gains.values()), 2 * MAX_BARS_PER_SIDE)
+    fig, axes = plt.subplots(len(gains), 1, squeeze=False, sharey=True,
                              figsize=(max(6.0, 0.42 * n_classes + 1.5), 3.4 * len(gains)))
     for ax, (label, per_class) in zip(axes[:, 0], gains.items()):
         ranked = sorted(per_class.items(), key=lambda kv: (-kv[1], kv[0]))
+        mean, up, down = (np.mean([v for _, v in ranked]), sum(v > 0 for _, v in ranked),
+                          sum(v < 0 for _, v in ranked))
+        shown = ""
+        if len(ranked) > 2 * MAX_BARS_PER_SIDE:  # 1000 ImageNet bars would be unreadable
+            ranked = ranked[:MAX_BARS_PER_SIDE] + ranked[-MAX_BARS_PER_SIDE:]
+            shown = f"; largest {MAX_BARS_PER_SIDE} gains and losses of {len(per_class)} classes"
         names = [name for name, _ in ranked]
         values = np.array([value for _, value in ranked])
         ax.bar(range(len(values)), values, color=[POSITIVE if v >= 0 else NEGATIVE for v in values])
@@ -50,8 +58,8 @@ def per_class_gain_figure(gains: dict[str, dict[str, float]], base: str, metric:
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(names) - 0.4)
         ax.set_ylabel(f"Δ {metric} (points)")
-        ax.set_title(f"{label} vs {base}: mean gain {values.mean():+.2f} points, "
-                     f"{int((values > 0).sum())} up / {int((values < 0).sum())} down", fontsize=10)
+        ax.set_title(f"{label} vs {base}: mean gain {mean:+.2f} points, {up} up / {down} down{shown}",
+                     fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
@@ -97,6 +105,10 @@ def similarity_histograms(similarities: dict[str, np.ndarray], path: Path, ncols
     all panels on the same bins so classes compare at a glance."""
     plt = _pyplot()
     names = list(similarities)
+    if len(names) > MAX_PANELS:  # a grid of 1000 panels is no summary: the most-retrieved ones
+        names = sorted(names, key=lambda n: -len(similarities[n]))[:MAX_PANELS]
+        title = (title or "Retrieved subset: similarity per class") + \
+            f" ({MAX_PANELS} classes with most rows of {len(similarities)})"
     nrows = max(1, math.ceil(len(names) / ncols))
     ncols = min(ncols, max(1, len(names)))
     nonempty = [v for v in similarities.values() if len(v)]
@@ -115,7 +127,9 @@ def similarity_histograms(similarities: dict[str, np.ndarray], path: Path, ncols
         ax.tick_params(labelsize=7)
         if len(values):
             ax.axvline(float(np.median(values)), color="black", linewidth=0.8, linestyle="--")
-    for ax in axes[-1]:
+    # The lowest panel of each column carries the axis, even above an empty slot.
+    for ax in list(axes.flat)[max(0, len(names) - ncols):len(names)]:
+        ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_xlabel("similarity", fontsize=8)
     fig.suptitle(title or "Retrieved subset: similarity per class", fontsize=11)
     fig.tight_layout()

@@ -266,3 +266,20 @@ def test_rewrite_is_atomic(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.json", "rep"]
     with pytest.raises(ReactError, match="no result files"):
         collect([])
+
+
+def test_figures_stay_readable_for_many_classes(tmp_path, monkeypatch):
+    from downstream import report_figures
+
+    # Small caps keep the test fast; the capping logic is the same at 30/40.
+    monkeypatch.setattr(report_figures, "MAX_BARS_PER_SIDE", 4)
+    monkeypatch.setattr(report_figures, "MAX_PANELS", 3)
+    rng = np.random.default_rng(0)
+    gains = {"m": {f"class {i}": float(g) for i, g in enumerate(rng.normal(size=200))}}
+    report_figures.per_class_gain_figure(gains, "base", "recall", tmp_path / "gain.png")
+    sims = {f"c{i}": rng.uniform(0.1, 0.3, size=i) for i in range(30)}
+    report_figures.similarity_histograms(sims, tmp_path / "hist.png")
+    # Uncapped, 200 bars would be ~9000 px wide and 30 panels 6 rows high.
+    for name, max_width, max_height in (("gain.png", 1000, 600), ("hist.png", 900, 400)):
+        with Image.open(tmp_path / name) as image:
+            assert image.width <= max_width and image.height <= max_height, (name, image.size)
