@@ -9,8 +9,15 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from react.errors import ReactError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from downstream.report import Collection, Result
+    from downstream.report_html import Block
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 
@@ -61,8 +68,9 @@ def _check_out(out: Path) -> None:
                          f"refusing to replace it")
 
 
-def build_report(results, collection, directory: Path, subset: dict | None = None,
-                 summary: dict | None = None, title: str = "REACT comparison report") -> list:
+def build_report(results: list[Result], collection: Collection, directory: Path,
+                 subset: dict[str, np.ndarray] | None = None, summary: dict | None = None,
+                 title: str = "REACT comparison report") -> list[Block]:
     """Blocks of the report; the figures are written into ``directory``."""
     from downstream import report_figures as figs
     from downstream.report import (PER_CLASS_METRIC, TASK_TITLES, fewshot_curve, models_table, per_class_gains,
@@ -70,7 +78,7 @@ def build_report(results, collection, directory: Path, subset: dict | None = Non
     from downstream.report_html import Bullets, Figure, Heading, Paragraph
     from react.progress import progress
 
-    blocks: list = [Heading(title, 1)]
+    blocks: list[Block] = [Heading(title, 1)]
     if summary:
         lines = summary_lines(summary)
         if lines:
