@@ -277,6 +277,8 @@ def per_class_table(task: str, dataset: str, group: dict[str, Result], collectio
     if base is None or not base.per_class:
         return None
     others = [label for label in collection.others if label in group and group[label].per_class]
+    if not others:  # a comparison report: the base alone is in the result file
+        return None
     metric = PER_CLASS_METRIC.get(task, "value")
     header = ["class", f"{collection.base} {metric} %"] + [f"{label} {metric} % (gain)" for label in others]
     rows = []

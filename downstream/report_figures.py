@@ -83,6 +83,13 @@ def fewshot_figure(curves: dict[str, Sequence[tuple[int, float, float]]], path: 
         ax.fill_between(shots, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
         if full_shot and label in full_shot:
             ax.axhline(100 * full_shot[label], color=color, linestyle=":", linewidth=1.2)
+    # axhline does not widen the autoscaled range: make room for the full-shot lines.
+    low, high = ax.get_ylim()
+    if full_shot:
+        low = min(low, 100 * min(full_shot.values()))
+        high = max(high, 100 * max(full_shot.values()))
+    pad = 0.06 * max(high - low, 1.0)
+    ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
     all_shots = sorted({s for curve in curves.values() for s, _, _ in curve})
     if len(all_shots) > 1 and all_shots[-1] / max(all_shots[0], 1) >= 8:
         ax.set_xscale("log")  # shot counts are usually 1..100, log-spaced

@@ -144,6 +144,7 @@ def test_tables_and_gains(report):
     assert list(per_class)[1:4] == ["b", "a", "c"]
     assert per_class["a"] == ["50.00", "75.00 (+25.00)", "50.00 (+0.00)", "25.00 (-25.00)"]
     assert per_class["c"][1] == "40.00 (-20.00)"
+    assert "Per-class IoU — Zero-shot semantic segmentation, toy" not in tables  # only the base has one
 
 
 def test_summary_and_models(report):
