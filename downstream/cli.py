@@ -55,6 +55,10 @@ def _add_zeroshot(tasks: argparse._SubParsersAction) -> None:
 # Later tasks (linear-probe, retrieval, detection, segmentation) append here.
 TASKS: list[Callable[[argparse._SubParsersAction], None]] = [_add_zeroshot]
 
+from downstream.linear_probe_cmd import add_linear_probe  # noqa: E402
+
+TASKS.append(add_linear_probe)
+
 from downstream.detection_cmd import add_detection_parser  # noqa: E402
 
 TASKS.append(add_detection_parser)
