@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -43,6 +44,15 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _numeric_columns(table: Table) -> list[bool]:
+    """Columns whose cells are all numbers (or "—") get right-aligned."""
+    def numeric(cell: str) -> bool:
+        return cell == "—" or re.match(r"^[+-]?\d", cell) is not None
+
+    return [bool(table.rows) and all(numeric(row[i]) for row in table.rows if i < len(row))
+            for i in range(len(table.header))]
+
+
 def to_markdown(blocks: list[Block]) -> str:
     out: list[str] = []
     for block in blocks:
@@ -55,8 +65,7 @@ def to_markdown(blocks: list[Block]) -> str:
         elif isinstance(block, Table):
             lines = [f"**{block.title}**", ""] if block.title else []
             lines.append("| " + " | ".join(_md_cell(h) for h in block.header) + " |")
-            # Numbers right-aligned, the first (name) column left.
-            lines.append("|" + "|".join([" --- "] + [" ---: "] * (len(block.header) - 1)) + "|")
+            lines.append("|" + "|".join(" ---: " if right else " --- " for right in _numeric_columns(block)) + "|")
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
             if block.caption:
                 lines += ["", f"_{block.caption}_"]
@@ -75,7 +84,7 @@ table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
 th { background: #f1f1f1; }
 td { text-align: right; font-variant-numeric: tabular-nums; }
-td:first-child { text-align: left; }
+td.text { text-align: left; }
 caption { caption-side: top; font-weight: 600; text-align: left; padding-bottom: 0.3em; }
 .note { color: #555; font-style: italic; margin-top: 0.2em; }
 figure { margin: 1em 0; }
@@ -97,7 +106,9 @@ def to_html(blocks: list[Block], directory: Path, title: str) -> str:
             body.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in block.items) + "</ul>")
         elif isinstance(block, Table):
             rows = ["<tr>" + "".join(f"<th>{esc(h)}</th>" for h in block.header) + "</tr>"]
-            rows += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in block.rows]
+            align = ["" if right else ' class="text"' for right in _numeric_columns(block)]
+            rows += ["<tr>" + "".join(f"<td{a}>{esc(c)}</td>" for a, c in zip(align, row)) + "</tr>"
+                     for row in block.rows]
             caption = f"<caption>{esc(block.title)}</caption>" if block.title else ""
             body.append(f"<table>{caption}{''.join(rows)}</table>")
             if block.caption:
