@@ -59,6 +59,10 @@ from downstream.linear_probe_cmd import add_linear_probe  # noqa: E402
 
 TASKS.append(add_linear_probe)
 
+from downstream.retrieval_cmd import add_retrieval  # noqa: E402
+
+TASKS.append(add_retrieval)
+
 from downstream.detection_cmd import add_detection_parser  # noqa: E402
 
 TASKS.append(add_detection_parser)
