@@ -21,6 +21,9 @@ _LAZY = {
     "build_classification_dataset": "downstream.datasets",
     "evaluate_zeroshot": "downstream.zeroshot",
     "get_templates": "downstream.templates",
+    "evaluate_linear_probe": "downstream.linear_probe_cmd",
+    "build_captioned_dataset": "downstream.captioned",
+    "evaluate_retrieval": "downstream.retrieval",
     "ensure_scenes": "downstream.scenes",
 }
 

@@ -12,7 +12,7 @@ DEFAULT_SEEDS = 3
 EPILOG = """\
 Protocol: images are encoded once per split; each few-shot run draws SHOTS images per
 class from the train split with its seed (classes with fewer use all theirs; the result
-counts them), carves ~20%% of those per class off as validation, picks the L2 strength
+counts them), carves ~20% of those per class off as validation, picks the L2 strength
 lambda there by a coarse sweep (1e-6..1e6, every 2 decades) and a finer one (every half
 decade around the best), refits on all its images and scores the test split. The
 full-shot run does the same with the whole train split.
