@@ -14,6 +14,7 @@ from downstream.scenes import build_scenes, ensure_scenes, is_embedded_corpus
 from react.errors import ReactError
 
 CLASSES = ["disc", "square", "bar"]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
 REAL_CORPUS = Path("/root/.cache/react/corpus/embedded-v2")
 
 
