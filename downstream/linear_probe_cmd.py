@@ -17,8 +17,9 @@ lambda there by a coarse sweep (1e-6..1e6, every 2 decades) and a finer one (eve
 decade around the best), refits on all its images and scores the test split. The
 full-shot run does the same with the whole train split.
 
-The embedded corpus (downstream.parquet) has one split: each class is shuffled with seed
-0, floor(n/2) of its images train, the rest test; --train-split/--split are then ignored.
+The embedded corpus (downstream.parquet) has one split, as has an ImageFolder without
+train/ and test/ (or val/) folders: each class is shuffled with seed 0, floor(n/2) of its
+images train, the rest test; --train-split/--split are then ignored.
 """
 
 
@@ -68,7 +69,8 @@ def add_linear_probe(tasks: argparse._SubParsersAction) -> None:
 
 def open_splits(path: str | Path, train_split: str = "train", split: str = "test"):
     """(train dataset, test dataset or None, the split rule in words). None:
-    the embedded corpus, whose one split ``evaluate_linear_probe`` halves."""
+    a dataset with one split (the embedded corpus, an ImageFolder without
+    split folders), which ``evaluate_linear_probe`` halves per class."""
     from downstream.datasets import build_classification_dataset, detect_format
 
     root = Path(path).expanduser()
@@ -82,6 +84,11 @@ def open_splits(path: str | Path, train_split: str = "train", split: str = "test
                          "on its training images")
     train = build_classification_dataset(root, train_split)
     test = build_classification_dataset(root, split)
+    if getattr(train, "paths", None) is not None and train.paths == getattr(test, "paths", None):
+        # An ImageFolder without split folders answers every split with the
+        # whole tree; halve it rather than test on the training images.
+        return (test, None, f"one split ({root.name} has no {train_split!r}/{split!r} folders): "
+                            "per class floor(n/2) train, rest test (seed 0)")
     if train.classnames != test.classnames:
         raise ReactError(f"{root}: splits {train_split!r} and {split!r} have different classes "
                          f"({len(train.classnames)} vs {len(test.classnames)})")

@@ -262,6 +262,20 @@ def test_cli_linear_probe_writes_result(form, tiny_model_dir, tmp_path, capsys):
     assert "full" in capsys.readouterr().out
 
 
+def test_flat_imagefolder_is_halved_not_leaked(tmp_path):
+    from downstream.linear_probe_cmd import open_splits
+
+    flat = tmp_path / "flat"
+    for c, name in enumerate(NAMES):
+        (flat / name).mkdir(parents=True)
+        for i in range(3):
+            (flat / name / f"{i}.png").write_bytes(_png(_shade(c, i)))
+    train, test, rule = open_splits(flat)
+    assert test is None and len(train) == 9 and rule.startswith("one split")
+    split_train, split_test, rule = open_splits(_imagefolder(tmp_path / "split", {"train": 2, "test": 1}))
+    assert (len(split_train), len(split_test), rule) == (6, 3, "train -> test")
+
+
 def test_cli_rejects_bad_input_before_loading(tmp_path):
     folder = _imagefolder(tmp_path / "colors", {"train": 1, "test": 1})
     base = ["eval", "linear-probe", "--model", str(tmp_path / "no_model")]
