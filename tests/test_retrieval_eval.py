@@ -263,3 +263,15 @@ def test_cli_retrieval_writes_result(form, tiny_model_dir, tmp_path, capsys):
         assert set(result["per_class"]) == set(COLORS)
     assert [p.name for p in out.parent.iterdir()] == ["ret.json"]
     assert "image -> text" in capsys.readouterr().out
+
+
+def test_react_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    from react.cli import run
+
+    j = _karpathy(tmp_path / "k", _karpathy_entries(), write_images=False)
+    out = tmp_path / "ret.json"
+    code = run(["eval", "retrieval", "--model", str(tmp_path / "no_model"), "--dataset", str(j),
+                "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert err.startswith("error: ") and "red1.png" in err and "\n" not in err
