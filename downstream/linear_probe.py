@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -219,7 +219,7 @@ def _spread(values: list[float]) -> tuple[float, float]:
 
 
 def run_protocol(data: ProbeData, shots: Sequence[int], seeds: Sequence[int],
-                 classnames: Sequence[str], on_run=None) -> dict:
+                 classnames: Sequence[str], on_run: Callable[[], None] | None = None) -> dict:
     """Few-shot runs (each shot count x seed) and one full-shot run.
 
     Returns ``metrics``, ``per_class`` (full-shot), ``fewshot`` and ``full``

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from react.errors import ReactError
+
+if TYPE_CHECKING:
+    from downstream.datasets import ClassificationDataset
+    from react.models import LoadedModel
 
 DEFAULT_SHOTS = (5, 20, 50)
 DEFAULT_SEEDS = 3
@@ -67,7 +71,8 @@ def add_linear_probe(tasks: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_linear_probe)
 
 
-def open_splits(path: str | Path, train_split: str = "train", split: str = "test"):
+def open_splits(path: str | Path, train_split: str = "train", split: str = "test"
+                ) -> tuple[ClassificationDataset, ClassificationDataset | None, str]:
     """(train dataset, test dataset or None, the split rule in words). None:
     a dataset with one split (the embedded corpus, an ImageFolder without
     split folders), which ``evaluate_linear_probe`` halves per class."""
@@ -95,7 +100,8 @@ def open_splits(path: str | Path, train_split: str = "train", split: str = "test
     return train, test, f"{train_split} -> {split}"
 
 
-def evaluate_linear_probe(model, train_set, test_set=None, rule: str = "",
+def evaluate_linear_probe(model: LoadedModel, train_set: ClassificationDataset,
+                          test_set: ClassificationDataset | None = None, rule: str = "",
                           shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = (0, 1, 2),
                           text_init: bool = False, templates: str | None = None,
                           batch_size: int = 64, num_workers: int = 0) -> dict:
