@@ -9,7 +9,7 @@ from react.errors import ReactError
 # Mirrors downstream.segmentation's defaults without importing torch at --help time.
 INPUT_SIZE = 224
 DENOISE_THRESHOLD = 0.5
-BACKGROUND_THRESHOLD = 0.5
+BACKGROUND_THRESHOLD = 0.3
 
 
 def add_segmentation(tasks: argparse._SubParsersAction) -> None:
@@ -42,13 +42,14 @@ def add_segmentation(tasks: argparse._SubParsersAction) -> None:
                         "best patch probability is below --denoise-threshold")
     p.add_argument("--denoise-threshold", type=float, default=DENOISE_THRESHOLD, metavar="P",
                    help=f"probability threshold for --prompt-denoising (default: {DENOISE_THRESHOLD})")
-    p.add_argument("--background", choices=("prompts", "threshold", "class"), default="prompts",
-                   help="how a class named 'background' is scored: prompts = a set of backdrop words "
+    p.add_argument("--background", choices=("threshold", "prompts", "class"), default="threshold",
+                   help="how a class named 'background' in classes.txt is scored: threshold = background "
+                        "where no object class reaches --background-threshold; prompts = backdrop words "
                         "(background, sky, wall, floor, texture, ...) each competing as a candidate; "
-                        "threshold = background where no class reaches --background-threshold; "
-                        "class = the word 'background' through the templates (default: prompts)")
+                        "class = the word 'background' through the templates (default: threshold)")
     p.add_argument("--background-threshold", type=float, default=BACKGROUND_THRESHOLD, metavar="P",
-                   help=f"probability threshold for --background threshold (default: {BACKGROUND_THRESHOLD})")
+                   help=f"class probability (with the model's logit scale) below which a pixel is background, for "
+                        f"--background threshold (default: {BACKGROUND_THRESHOLD})")
     p.add_argument("--ignore-index", type=int, default=None, metavar="LABEL",
                    help="mask label that is not scored (default: meta.json's ignore_index, else 255)")
     p.set_defaults(func=run_segmentation)
