@@ -1,7 +1,8 @@
 """Zero-shot semantic segmentation, the MaskCLIP way, and its metrics.
 
-Per image: resize so the shorter side is ``input_size`` (each side rounded to
-whole patches; the positional embedding is resized to that grid), take the
+Per image: resize so the shorter side is ``input_size`` (default: the
+tower's training size; each side rounded to whole patches, the positional
+embedding resized to that grid), take the
 dense MaskCLIP features (downstream.dense), score every patch against the
 prompt-ensembled class text embeddings, turn the cosines into per-patch class
 log-probabilities with the model's own logit scale, upsample those bilinearly
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from downstream.dense import MODES, dense_outputs, vision_tower
+from downstream.dense import MODES, dense_outputs, tower_size, vision_tower
 from downstream.segdata import SegmentationDataset
 from react.errors import ReactError
 from react.models import LoadedModel
@@ -53,7 +54,6 @@ from react.progress import console, progress
 BACKGROUND_MODES = ("threshold", "prompts", "class")
 BACKGROUND_WORDS = ("background", "ground", "sky", "wall", "floor", "texture", "pattern",
                     "gradient", "blur", "wallpaper")
-DEFAULT_INPUT_SIZE = 224
 DEFAULT_DENOISE_THRESHOLD = 0.5
 DEFAULT_BACKGROUND_THRESHOLD = 0.3
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -193,7 +193,7 @@ def predict_labels(log_probs: torch.Tensor, head: TextHead, size: tuple[int, int
 
 
 def evaluate_segmentation(model: LoadedModel, dataset: SegmentationDataset, templates: Sequence[str],
-                          templates_label: str = "custom", input_size: int = DEFAULT_INPUT_SIZE,
+                          templates_label: str = "custom", input_size: int | None = None,
                           mode: str = "maskclip", key_smoothing: bool = False, prompt_denoising: bool = False,
                           denoise_threshold: float = DEFAULT_DENOISE_THRESHOLD, background: str = "threshold",
                           background_threshold: float = DEFAULT_BACKGROUND_THRESHOLD) -> dict:
@@ -202,6 +202,9 @@ def evaluate_segmentation(model: LoadedModel, dataset: SegmentationDataset, temp
         raise ReactError(f"dataset {dataset.name} has no images")
     if mode not in MODES:
         raise ReactError(f"unknown --dense-mode {mode!r} (choose from {', '.join(MODES)})")
+    # The tower's own size by default: its positional embedding is used as
+    # trained (on the first 40 embedded scenes 64 px beat 128 px for the 64 px base).
+    input_size = tower_size(model) if input_size is None else input_size
     if input_size < 1:
         raise ReactError(f"--input-size must be >= 1, got {input_size}")
     for name, value in (("--denoise-threshold", denoise_threshold), ("--background-threshold", background_threshold)):

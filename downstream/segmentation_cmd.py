@@ -7,7 +7,6 @@ import argparse
 from react.errors import ReactError
 
 # Mirrors downstream.segmentation's defaults without importing torch at --help time.
-INPUT_SIZE = 224
 DENOISE_THRESHOLD = 0.5
 BACKGROUND_THRESHOLD = 0.3
 
@@ -28,9 +27,10 @@ def add_segmentation(tasks: argparse._SubParsersAction) -> None:
     p.add_argument("--templates", default=None, metavar="NAME|FILE",
                    help="prompt templates: imagenet, simple, classname, or a file with one template per "
                         "line (default: the dataset's own templates.txt, the embedded corpus's, else imagenet)")
-    p.add_argument("--input-size", type=int, default=INPUT_SIZE, metavar="PX",
-                   help=f"resize each image so its shorter side is about PX pixels (whole patches) before "
-                        f"the image tower; the positional embedding is resized to match (default: {INPUT_SIZE})")
+    p.add_argument("--input-size", type=int, default=None, metavar="PX",
+                   help="resize each image so its shorter side is about PX pixels (whole patches) before "
+                        "the image tower; the positional embedding is resized to match (default: the "
+                        "model's own image size, e.g. 224 for ViT-B/16, 64 for the embedded base)")
     p.add_argument("--dense-mode", choices=("maskclip", "value"), default="maskclip",
                    help="last-block path: maskclip = value projection + residual + MLP as MaskCLIP's code; "
                         "value = value and output projection only (default: maskclip)")
@@ -86,7 +86,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
     from react.progress import console
 
     # Cheap inputs first, before a model is loaded.
-    if args.input_size < 1:
+    if args.input_size is not None and args.input_size < 1:
         raise ReactError(f"--input-size must be >= 1, got {args.input_size}")
     for name, value in (("--denoise-threshold", args.denoise_threshold),
                         ("--background-threshold", args.background_threshold)):

@@ -208,9 +208,9 @@ def test_text_head_background_prompts(tiny_model):
 
 def test_evaluate_end_to_end_with_refinements(tiny_model, tmp_path):
     ds = build_segmentation_dataset(make_dataset(tmp_path / "d", n=2))
-    result = evaluate_segmentation(tiny_model, ds, ["a photo of a {}."], input_size=32,
-                                   key_smoothing=True, prompt_denoising=True)
+    result = evaluate_segmentation(tiny_model, ds, ["a photo of a {}."], key_smoothing=True, prompt_denoising=True)
     assert result["task"] == "segmentation" and result["metrics"]["num_images"] == 2
+    assert result["settings"]["input_size"] == 32  # the tower's own size by default
     m = result["metrics"]
     assert 0 <= m["mIoU"] <= 1 and 0 <= m["pixel_accuracy"] <= 1
     assert set(result["per_class"]) <= {"background", "cat", "dog"}
