@@ -25,6 +25,9 @@ _LAZY = {
     "build_captioned_dataset": "downstream.captioned",
     "evaluate_retrieval": "downstream.retrieval",
     "ensure_scenes": "downstream.scenes",
+    "dense_features": "downstream.dense",
+    "build_segmentation_dataset": "downstream.segdata",
+    "evaluate_segmentation": "downstream.segmentation",
 }
 
 if TYPE_CHECKING:
