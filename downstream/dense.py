@@ -163,7 +163,7 @@ def dense_outputs(model: nn.Module, images: torch.Tensor, mode: Mode = "maskclip
     x = x.flatten(2).transpose(1, 2)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + _positional(visual, grid, x.dtype)
-    x = visual.patch_dropout(x)
+    # No patch dropout (even in train mode): every patch needs its feature.
     x = visual.ln_pre(x)
 
     transformer = visual.transformer

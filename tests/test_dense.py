@@ -103,3 +103,13 @@ def test_unsupported_towers_and_bad_input(tiny_model):
         dense_features(tiny_model, torch.randn(1, 3, 8, 8))
     with pytest.raises(ReactError, match=r"\[B, 3, H, W\]"):
         dense_features(tiny_model, torch.randn(3, 32, 32))
+
+
+def test_patch_dropout_is_not_applied(tiny_model):
+    from open_clip.transformer import PatchDropout
+
+    model = copy.deepcopy(tiny_model.model)
+    model.visual.patch_dropout = PatchDropout(0.5)
+    model.train()
+    images = torch.randn(1, 3, 32, 32)
+    assert torch.allclose(dense_features(model, images), dense_features(tiny_model, images), atol=1e-6)
