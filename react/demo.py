@@ -14,6 +14,11 @@ from react.progress import console
 from react.schemas import CLASSES_FILE, CORPUS_MANIFEST, TEMPLATES_FILE, write_text
 
 
+# report labels of the customization variants (react.demo_customize.VARIANTS)
+_LABELS = {"gated": "gated-image", "locked-text": "locked-text", "random": "random-subset"}
+RETRIEVE_MODE = "t2t"
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser(
         "demo",
@@ -22,6 +27,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "on the held-out downstream task, embed the retrieval corpus and build its tuned T2I and T2T indices, "
         "serve the index on loopback and retrieve the downstream task's subset through it, "
         "download the subset's images through img2dataset from a loopback web, "
+        "customize the base on it (gated-image and locked-text) and on a random subset of the same size "
+        "(the control), over several seeds, compare them zero-shot with the base, "
         "and write everything under --out.",
     )
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
@@ -40,6 +47,8 @@ def _step(name: str, argv: list[str], timings: dict[str, float]) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from react.demo_customize import random_subset, react_effect
+    from react.demo_transfer import report, transfer_suite, transfer_summary
     from react.embedded.corpus import fetch_embedded
 
     out: Path = args.out
@@ -71,12 +80,23 @@ def run_demo(args: argparse.Namespace) -> int:
     subset = out / "subset.parquet"
     with _service(index, out / "service", timings) as url:
         _step("retrieve", ["retrieve", "--server", url, "--classes", str(corpus / CLASSES_FILE), "--templates",
-                           str(corpus / TEMPLATES_FILE), "--k", "50", "--mode", "t2i", "--out", str(subset),
+                           str(corpus / TEMPLATES_FILE), "--k", "50", "--mode", RETRIEVE_MODE, "--out", str(subset),
                            "--json", str(out / "subset_report.json")], timings)
     subset_summary = _subset_summary(out / "subset_report.json")
     download_summary = _download(corpus, subset, out / "shards", timings)
+    # The control: as many random corpus pairs as were retrieved, downloaded the same way.
+    control = out / "control"
+    random_subset(corpus, download_summary["downloaded"], args.seed, control / "subset.parquet")
+    _download(corpus, control / "subset.parquet", control / "shards", timings, name="download-control")
 
-    metrics = json.loads(base_result.read_text())["metrics"]
+    base_eval = json.loads(base_result.read_text())
+    effect = react_effect(lambda name, argv: _step(name, argv, timings), out, corpus, base,
+                          base_eval, {"retrieved": out / "shards", "random": control / "shards"})
+
+    step = lambda name, argv: _step(name, argv, timings)  # noqa: E731
+    suite = transfer_suite(step, out / "results", corpus, {"base": base, "gated-image": out / "customized"})
+    metrics = base_eval["metrics"]
+    gated = effect["variants"]["gated"]
     summary = {
         "corpus": {**{k: manifest["counts"][k] for k in ("pretraining", "retrieval", "downstream")},
                    "downstream_classes": manifest["downstream_classes"], "path": str(corpus)},
@@ -84,16 +104,28 @@ def run_demo(args: argparse.Namespace) -> int:
         "subset": subset_summary,
         "download": download_summary,
         "base": {k: metrics[k] for k in ("top1", "top5", "mean_per_class_recall")},
+        # the method's mean over seeds; every variant with its spread is in react_effect
+        "customized": {k: gated[k]["mean"] for k in ("top1", "top5", "mean_per_class_recall")},
+        "gain_top1": gated["gain_top1"]["mean"],
+        "react_effect": {name: {k: v for k, v in entry.items() if k != "per_class"}
+                         for name, entry in effect["variants"].items()},
+        "transfer": transfer_summary(suite),
         "chance_top1": round(1 / manifest["downstream_classes"], 4),
         "timings_s": timings,
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    # zero-shot: every variant (mean of its seeds); the other tasks: base and the exported seed-0 model
+    labelled = [("base", base_result)] + [(_LABELS[name], Path(entry["result"]))
+                                          for name, entry in effect["variants"].items()]
+    labelled += [(label, path) for by_label in suite.values() for label, path in by_label.items()]
+    page = report(step, out, labelled, subset, out / "summary.json")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")  # with the report's time
     console.print_json(data=summary)
-    console.print(f"[green]demo finished:[/] {out / 'summary.json'}")
+    console.print(f"[green]demo finished:[/] {out / 'summary.json'}; report: {page}")
     return 0
 
 
-def _download(corpus: Path, subset: Path, shards: Path, timings: dict[str, float]) -> dict:
+def _download(corpus: Path, subset: Path, shards: Path, timings: dict[str, float], name: str = "download") -> dict:
     """``react download`` of the subset, its urls answered by the retrieval
     corpus served on loopback (the same HTTP path as LAION urls take); a
     download of the same rows is resumed, so a second demo fetches nothing."""
@@ -109,11 +141,11 @@ def _download(corpus: Path, subset: Path, shards: Path, timings: dict[str, float
     with serve_corpus(corpus) as web:
         console.print(f"serving the retrieval corpus' images on {web.url} (http_proxy for its urls)")
         # shards of 100: several per DataLoader worker for the trainer
-        _step("download", ["download", str(subset), "--out", str(shards), "--shard-size", "100", mode], timings)
+        _step(name, ["download", str(subset), "--out", str(shards), "--shard-size", "100", mode], timings)
     s = json.loads((shards / DOWNLOAD_MANIFEST).read_text())["summary"]
     return {"requested": s["requested"], "downloaded": s["downloaded"], "failed": s["failed"],
             "failed_by_reason": s["failed_by_reason"], "shards": s["shards"], "warnings": len(s["warnings"]),
-            "seconds": timings["download"], "images_served": web.served}
+            "seconds": timings[name], "images_served": web.served}
 
 
 def _same_model(embeddings: Path, model: Path) -> bool:

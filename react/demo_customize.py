@@ -1,0 +1,179 @@
+"""The demo's customization stage: the REACT effect, measured.
+
+Three variants, each over several seeds, each through the same ``react``
+commands a user runs (``customize``, ``export``, ``eval zeroshot``):
+
+- ``gated``: gated-image tuning on the retrieved subset (the method);
+- ``locked-text``: the whole image tower tuned on the same subset;
+- ``random``: gated-image tuning on a random subset of the retrieval corpus
+  of the same size -- the control that shows the gain comes from retrieval,
+  not from more training.
+
+A finished run with the same settings and data is reused, so a second demo
+only re-reads results.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from react.errors import ReactError
+from react.progress import console
+from react.schemas import SUBSET_SCHEMA, read_parquet, write_parquet, write_text
+
+SEEDS = (0, 1, 2)
+# The demo's recipe on ~600 pairs; how it was chosen is in the README
+# ("The REACT effect"). Settings a user would pass to react customize.
+RECIPE = ("--steps", "128", "--batch-size", "128")
+MODE_RECIPE = {
+    "gated-image": ("--lr", "5e-4", "--gate-lr", "5e-3", "--gated-layers", "4"),
+    "locked-text": ("--lr", "1e-4"),
+}
+METRICS = ("top1", "top5", "mean_per_class_recall")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    data: str        # "retrieved" or "random"
+    mode: str
+    label: str
+
+
+VARIANTS = (
+    Variant("gated", "retrieved", "gated-image", "gated-image on the retrieved subset (REACT)"),
+    Variant("locked-text", "retrieved", "locked-text", "locked-text on the retrieved subset"),
+    Variant("random", "random", "gated-image", "gated-image on a random subset (control)"),
+)
+
+
+def random_subset(corpus: Path, rows: int, seed: int, out: Path) -> Path:
+    """``rows`` pairs of the retrieval corpus drawn uniformly, in the subset
+    form ``react download`` reads (no similarity, no classes: nothing was asked)."""
+    table = read_parquet(corpus / "retrieval.parquet", required=("key", "url", "caption"))
+    if rows > table.num_rows:
+        raise ReactError(f"random control: {rows} rows asked, the corpus has {table.num_rows}")
+    pick = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=rows, replace=False))
+    chosen = table.take(pa.array(pick))
+    columns = {
+        "key": chosen["key"], "url": chosen["url"], "caption": chosen["caption"],
+        "similarity": pa.array([float("nan")] * rows, pa.float32()),
+        "classes": pa.array([[] for _ in range(rows)], pa.list_(pa.string())),
+    }
+    return write_parquet(pa.table(columns, schema=SUBSET_SCHEMA), out)
+
+
+def _run_state(run_dir: Path, argv: list[str]) -> str:
+    """'done' (same settings, finished), 'resume' (same settings, stopped early) or 'new'."""
+    from customize.checkpoint import latest_checkpoint, read_run
+
+    try:
+        info = read_run(run_dir)
+    except ReactError:
+        return "new"
+    if info.get("demo_argv") != argv:
+        return "new"
+    last = latest_checkpoint(run_dir)
+    if last is not None and last[0] >= info["plan"]["steps"]:
+        return "done"
+    return "resume"
+
+
+def customize_and_eval(step: Callable[[str, list[str]], None], base: Path, corpus: Path, shards: Path,
+                       run_dir: Path, result: Path, mode: str, seed: int) -> dict:
+    """One ``react customize`` (reused when done) and its zero-shot result."""
+    from customize.checkpoint import read_run, write_run
+
+    argv = ["customize", "--base", str(base), "--train-data", str(shards), "--out", str(run_dir),
+            "--mode", mode, "--seed", str(seed), *RECIPE, *MODE_RECIPE[mode]]
+    state = _run_state(run_dir, argv)
+    if state != "done":
+        step(f"customize {run_dir.name}", argv + (["--resume"] if state == "resume" else ["--overwrite"]))
+        info = read_run(run_dir)
+        info["demo_argv"] = argv  # what makes a later demo reuse it
+        write_run(run_dir, info)
+    fresh = result.is_file() and result.stat().st_mtime >= (run_dir / "react_run.json").stat().st_mtime
+    if not fresh:
+        step(f"eval {run_dir.name}", ["eval", "zeroshot", "--model", str(run_dir), "--dataset", str(corpus),
+                                      "--out", str(result)])
+    return json.loads(result.read_text())
+
+
+def _spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def react_effect(step: Callable[[str, list[str]], None], out: Path, corpus: Path, base: Path,
+                 base_result: dict, shards: dict[str, Path], seeds: tuple[int, ...] = SEEDS) -> dict:
+    """Every variant over ``seeds``; returns the summary's ``react_effect`` part.
+
+    ``shards``: {"retrieved": SHARDS_DIR, "random": SHARDS_DIR}. The first
+    variant's first seed is the demo's ``run/``; it is exported to ``customized/``."""
+    results: dict[str, list[dict]] = {}
+    for variant in VARIANTS:
+        for seed in seeds:
+            first = variant is VARIANTS[0] and seed == seeds[0]
+            run_dir = out / "run" if first else out / "runs" / f"{variant.name}-s{seed}"
+            result = out / "results" / f"{variant.name}-s{seed}_zeroshot.json"
+            results.setdefault(variant.name, []).append(
+                customize_and_eval(step, base, corpus, shards[variant.data], run_dir, result, variant.mode, seed))
+    step("export", ["export", str(out / "run"), "--out", str(out / "customized"), "--overwrite"])
+    effect = {"recipe": {mode: " ".join(RECIPE + extra) for mode, extra in MODE_RECIPE.items()},
+              "seeds": list(seeds), "variants": {}}
+    for variant in VARIANTS:
+        runs = results[variant.name]
+        entry = {"label": variant.label, "mode": variant.mode, "data": variant.data}
+        for key in METRICS:
+            entry[key] = _spread([r["metrics"][key] for r in runs])
+        entry["gain_top1"] = _spread([r["metrics"]["top1"] - base_result["metrics"]["top1"] for r in runs])
+        entry["per_class"] = {c: statistics.fmean(r["per_class"][c] for r in runs) for c in runs[0]["per_class"]}
+        entry["result"] = str(write_text(out / "results" / f"{variant.name}_zeroshot.json",
+                                         json.dumps(_mean_result(variant, runs, entry), indent=2) + "\n"))
+        effect["variants"][variant.name] = entry
+    print_effect(base_result, effect)
+    return effect
+
+
+def _mean_result(variant: Variant, runs: list[dict], entry: dict) -> dict:
+    """A ``react eval`` result of the seeds' mean, for ``react report``."""
+    metrics = {k: entry[k]["mean"] for k in METRICS}
+    metrics.update({f"{k}_std": entry[k]["std"] for k in METRICS})
+    metrics.update({k: runs[0]["metrics"][k] for k in ("num_images", "num_classes")})
+    return {"task": "zeroshot", "model": f"{variant.label}, mean of {len(runs)} seeds",
+            "dataset": runs[0]["dataset"], "metrics": metrics, "per_class": entry["per_class"],
+            "seeds": [r["model"] for r in runs]}
+
+
+def print_effect(base_result: dict, effect: dict) -> None:
+    """Base vs every variant, overall (mean ± std over seeds) and per class."""
+    from rich.table import Table
+
+    seeds = len(effect["seeds"])
+    overall = Table(title=f"zero-shot on the held-out task: base vs customized (mean ± std of {seeds} seeds)")
+    for column in ("model", "top-1 %", "gain (points)", "mean per-class recall %"):
+        overall.add_column(column, justify="left" if column == "model" else "right")
+    b = base_result["metrics"]
+    overall.add_row("base", f"{100 * b['top1']:.1f}", "", f"{100 * b['mean_per_class_recall']:.1f}")
+    for entry in effect["variants"].values():
+        t, g, r = entry["top1"], entry["gain_top1"], entry["mean_per_class_recall"]
+        overall.add_row(entry["label"], f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f}",
+                        f"{100 * g['mean']:+.1f} ± {100 * g['std']:.1f}",
+                        f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}")
+    console.print(overall)
+    per_class = Table(title="per-class recall % (customized: mean over seeds)")
+    per_class.add_column("class")
+    per_class.add_column("base", justify="right")
+    names = list(effect["variants"])
+    for name in names:
+        per_class.add_column(name, justify="right")
+    for cls, recall in sorted(base_result["per_class"].items()):
+        per_class.add_row(cls, f"{100 * recall:.0f}",
+                          *(f"{100 * effect['variants'][n]['per_class'][cls]:.0f}" for n in names))
+    console.print(per_class)

@@ -1,0 +1,65 @@
+"""The demo's control subset and its run-reuse rule."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from react.demo_customize import _run_state, random_subset
+from react.errors import ReactError
+from react.schemas import SUBSET_SCHEMA, write_parquet
+
+
+def _corpus(tmp_path: Path, rows: int) -> Path:
+    table = pa.table({"key": [f"k{i}" for i in range(rows)], "url": [f"http://x.invalid/{i}.jpg" for i in range(rows)],
+                      "caption": [f"caption {i}" for i in range(rows)]})
+    write_parquet(table, tmp_path / "retrieval.parquet")
+    return tmp_path
+
+
+def test_random_subset_draws_distinct_rows_deterministically(tmp_path):
+    corpus = _corpus(tmp_path, 50)
+    first = pq.read_table(random_subset(corpus, 20, 3, tmp_path / "a.parquet"))
+    again = pq.read_table(random_subset(corpus, 20, 3, tmp_path / "b.parquet"))
+    other = pq.read_table(random_subset(corpus, 20, 4, tmp_path / "c.parquet"))
+    assert first.schema.equals(SUBSET_SCHEMA, check_metadata=False)
+    keys = first["key"].to_pylist()
+    assert len(keys) == len(set(keys)) == 20
+    assert keys == again["key"].to_pylist() != other["key"].to_pylist()
+    # every row is the corpus' own pair
+    assert all(cap == f"caption {k[1:]}" for k, cap in zip(keys, first["caption"].to_pylist()))
+    assert first["classes"].to_pylist() == [[]] * 20
+
+
+def test_random_subset_refuses_more_rows_than_the_corpus(tmp_path):
+    with pytest.raises(ReactError, match="60 rows asked, the corpus has 50"):
+        random_subset(_corpus(tmp_path, 50), 60, 0, tmp_path / "a.parquet")
+
+
+def _fake_run(run_dir: Path, argv: list[str] | None, steps: int, last_step: int | None) -> None:
+    from customize import checkpoint as ckpt
+
+    run_dir.mkdir(parents=True)
+    info = {"kind": ckpt.RUN_KIND, "format": ckpt.RUN_FORMAT, "plan": {"steps": steps}}
+    if argv is not None:
+        info["demo_argv"] = argv
+    (run_dir / ckpt.RUN_FILE).write_text(json.dumps(info))
+    if last_step is not None:
+        step = ckpt.step_dir(run_dir, last_step)
+        step.mkdir(parents=True)
+        for name in (ckpt.WEIGHTS, ckpt.STATE):  # what makes a checkpoint whole
+            (step / name).write_bytes(b"")
+
+
+def test_run_state_reuses_only_finished_runs_with_the_same_settings(tmp_path):
+    argv = ["customize", "--seed", "0"]
+    assert _run_state(tmp_path / "none", argv) == "new"
+    _fake_run(tmp_path / "done", argv, steps=8, last_step=8)
+    _fake_run(tmp_path / "half", argv, steps=8, last_step=4)
+    _fake_run(tmp_path / "other", ["customize", "--seed", "1"], steps=8, last_step=8)
+    assert _run_state(tmp_path / "done", argv) == "done"
+    assert _run_state(tmp_path / "half", argv) == "resume"
+    assert _run_state(tmp_path / "other", argv) == "new"
