@@ -128,28 +128,34 @@ def write_result(result: dict, out: str | os.PathLike) -> Path:
     return write_text(out, json.dumps(result, indent=2) + "\n")
 
 
-def print_classification_table(result: dict, worst: int = 5) -> None:
-    """Headline metrics in %, then the classes the model gets wrong most."""
+def print_result(result: dict, headline: dict[str, str], per_class: str, worst: int = 5) -> None:
+    """A result's headline figures (column -> formatted value), then its
+    ``worst`` classes by the per-class metric named ``per_class``."""
     from rich.console import Console
     from rich.table import Table
 
-    metrics = result["metrics"]
     table = Table(title=f"{result['task']}: {result['model']} on {result['dataset']}")
-    for column in ("top-1 %", "top-5 %", "mean per-class recall %", "images", "classes"):
+    for column in headline:
         table.add_column(column, justify="right")
-    table.add_row(f"{100 * metrics['top1']:.2f}", f"{100 * metrics['top5']:.2f}",
-                  f"{100 * metrics['mean_per_class_recall']:.2f}",
-                  str(metrics["num_images"]), str(metrics["num_classes"]))
+    table.add_row(*headline.values())
     console = Console()
     console.print(table)
     ranked = sorted(result["per_class"].items(), key=lambda kv: (kv[1], kv[0]))[:worst]
     if ranked:
         low = Table(title=f"{len(ranked)} worst classes")
         low.add_column("class")
-        low.add_column("recall %", justify="right")
-        for name, recall in ranked:
-            low.add_row(name, f"{100 * recall:.1f}")
+        low.add_column(f"{per_class} %", justify="right")
+        for name, value in ranked:
+            low.add_row(name, f"{100 * value:.1f}")
         console.print(low)
+
+
+def print_classification_table(result: dict, worst: int = 5) -> None:
+    """Headline metrics in %, then the classes the model gets wrong most."""
+    m = result["metrics"]
+    print_result(result, {"top-1 %": f"{100 * m['top1']:.2f}", "top-5 %": f"{100 * m['top5']:.2f}",
+                          "mean per-class recall %": f"{100 * m['mean_per_class_recall']:.2f}",
+                          "images": str(m["num_images"]), "classes": str(m["num_classes"])}, "recall", worst)
 
 
 def run_zeroshot(args: argparse.Namespace) -> int:

@@ -73,25 +73,12 @@ def _read_classnames(path: str) -> list[str]:
 
 
 def print_detection_table(result: dict, worst: int = 5) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from downstream.cli import print_result
 
     m = result["metrics"]
-    table = Table(title=f"detection: {result['model']} on {result['dataset']}")
-    for column in ("AP50 %", "AP %", "AP75 %", "images", "boxes scored", "classes"):
-        table.add_column(column, justify="right")
-    table.add_row(f"{100 * m['AP50']:.2f}", f"{100 * m['AP']:.2f}", f"{100 * m['AP75']:.2f}",
-                  str(m["num_images"]), str(m["num_boxes_scored"]), str(m["num_classes"]))
-    console = Console()
-    console.print(table)
-    ranked = sorted(result["per_class"].items(), key=lambda kv: (kv[1], kv[0]))[:worst]
-    if ranked:
-        low = Table(title=f"{len(ranked)} worst classes")
-        low.add_column("class")
-        low.add_column("AP50 %", justify="right")
-        for name, ap in ranked:
-            low.add_row(name, f"{100 * ap:.1f}")
-        console.print(low)
+    print_result(result, {"AP50 %": f"{100 * m['AP50']:.2f}", "AP %": f"{100 * m['AP']:.2f}",
+                          "AP75 %": f"{100 * m['AP75']:.2f}", "images": str(m["num_images"]),
+                          "boxes scored": str(m["num_boxes_scored"]), "classes": str(m["num_classes"])}, "AP50", worst)
 
 
 def run_detection(args: argparse.Namespace) -> int:

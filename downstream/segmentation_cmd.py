@@ -56,25 +56,12 @@ def add_segmentation(tasks: argparse._SubParsersAction) -> None:
 
 
 def print_segmentation_table(result: dict, worst: int = 5) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from downstream.cli import print_result
 
-    metrics = result["metrics"]
-    table = Table(title=f"segmentation: {result['model']} on {result['dataset']}")
-    for column in ("mIoU %", "pixel acc %", "mean acc %", "images", "classes"):
-        table.add_column(column, justify="right")
-    table.add_row(f"{100 * metrics['mIoU']:.2f}", f"{100 * metrics['pixel_accuracy']:.2f}",
-                  f"{100 * metrics['mean_accuracy']:.2f}", str(metrics["num_images"]), str(metrics["num_classes"]))
-    console = Console()
-    console.print(table)
-    ranked = sorted(result["per_class"].items(), key=lambda kv: (kv[1], kv[0]))[:worst]
-    if ranked:
-        low = Table(title=f"{len(ranked)} worst classes")
-        low.add_column("class")
-        low.add_column("IoU %", justify="right")
-        for name, iou in ranked:
-            low.add_row(name, f"{100 * iou:.1f}")
-        console.print(low)
+    m = result["metrics"]
+    print_result(result, {"mIoU %": f"{100 * m['mIoU']:.2f}", "pixel acc %": f"{100 * m['pixel_accuracy']:.2f}",
+                          "mean acc %": f"{100 * m['mean_accuracy']:.2f}", "images": str(m["num_images"]),
+                          "classes": str(m["num_classes"])}, "IoU", worst)
 
 
 def run_segmentation(args: argparse.Namespace) -> int:

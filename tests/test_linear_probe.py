@@ -3,7 +3,6 @@ lambda sweep, the protocol on known features, and the command on all three
 dataset forms with the tiny model."""
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import tarfile
@@ -31,6 +30,7 @@ from downstream.linear_probe import (
 from downstream.linear_probe_cmd import parse_seeds
 from react.errors import ReactError
 from react.schemas import CLASSES_FILE, RESULT_KEYS
+from cli_helpers import eval_parser
 
 COLORS = [(220, 20, 20), (20, 200, 20), (20, 20, 220)]
 NAMES = ["red", "green", "blue"]
@@ -226,14 +226,6 @@ def _embedded(root: Path, n: int) -> Path:
     return root
 
 
-def _parser() -> argparse.ArgumentParser:
-    from downstream.cli import add_eval_parser
-
-    parser = argparse.ArgumentParser(prog="react")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 @pytest.mark.parametrize("form", ["imagefolder", "wds", "embedded"])
 def test_cli_linear_probe_writes_result(form, tiny_model_dir, tmp_path, capsys):
     if form == "imagefolder":
@@ -244,7 +236,7 @@ def test_cli_linear_probe_writes_result(form, tiny_model_dir, tmp_path, capsys):
         root, n_test = _embedded(tmp_path / "corpus", 5), 9  # 3 classes x (5 - floor(5/2))
     out = tmp_path / "results" / "lp.json"
     extra = ["--text-init", "--templates", "simple"] if form == "embedded" else []
-    args = _parser().parse_args(["eval", "linear-probe", "--model", str(tiny_model_dir), "--dataset", str(root),
+    args = eval_parser().parse_args(["eval", "linear-probe", "--model", str(tiny_model_dir), "--dataset", str(root),
                                  "--shots", "1", "2", "--seeds", "2", "--device", "cpu", "--batch-size", "4",
                                  "--out", str(out), *extra])
     assert args.func(args) == 0
@@ -284,6 +276,6 @@ def test_cli_rejects_bad_input_before_loading(tmp_path):
                            (["--dataset", str(folder), "--train-split", "test"], "both 'test'"),
                            (["--dataset", str(folder), "--split", "val"], "no 'val' split"),
                            (["--dataset", str(tmp_path / "nope")], "dataset not found")):
-        args = _parser().parse_args(base + extra)
+        args = eval_parser().parse_args(base + extra)
         with pytest.raises(ReactError, match=message):
             args.func(args)

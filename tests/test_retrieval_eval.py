@@ -3,7 +3,6 @@ top-k implementation, the three dataset forms as real files, bad input, and
 the command end to end with the tiny model."""
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import tarfile
@@ -20,6 +19,7 @@ from downstream.captioned import build_captioned_dataset
 from downstream.retrieval import evaluate_retrieval, recall_at_k
 from react.errors import ReactError
 from react.schemas import CLASSES_FILE, RESULT_KEYS
+from cli_helpers import eval_parser
 
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
 
@@ -230,14 +230,6 @@ def test_evaluate_matches_recall_on_the_features(tiny_model, tmp_path):
     assert result["metrics"]["num_images"] == 6 and result["metrics"]["num_captions"] == 11
 
 
-def _parser() -> argparse.ArgumentParser:
-    from downstream.cli import add_eval_parser
-
-    parser = argparse.ArgumentParser(prog="react")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 @pytest.mark.parametrize("form", ["embedded", "karpathy", "wds"])
 def test_cli_retrieval_writes_result(form, tiny_model_dir, tmp_path, capsys):
     extra = []
@@ -250,7 +242,7 @@ def test_cli_retrieval_writes_result(form, tiny_model_dir, tmp_path, capsys):
         dataset, n_images = _wds(tmp_path / "wds_x", [("a", _png(COLORS["red"]), b"red\nscarlet"),
                                                       ("b", _png(COLORS["green"]), b"green")]), 2
     out = tmp_path / "results" / "ret.json"
-    args = _parser().parse_args(["eval", "retrieval", "--model", str(tiny_model_dir), "--dataset", str(dataset),
+    args = eval_parser().parse_args(["eval", "retrieval", "--model", str(tiny_model_dir), "--dataset", str(dataset),
                                  "--device", "cpu", "--batch-size", "2", "--out", str(out), *extra])
     assert args.func(args) == 0
     result = json.loads(out.read_text())
