@@ -69,6 +69,21 @@ def test_recall_metrics_known_values_with_a_zero_class():
     assert 3 not in metrics.per_class_recall(PREDS, LABELS, 4)
 
 
+def test_metrics_agree_with_scikit_learn_on_random_predictions():
+    from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        labels = rng.integers(0, 7, size=200)
+        logits = rng.normal(size=(200, 7))
+        preds = logits.argmax(1)
+        assert metrics.mean_per_class_recall(preds, labels, 7) == pytest.approx(
+            balanced_accuracy_score(labels, preds))
+        for k in (1, 3):
+            assert metrics.topk_accuracy(logits, labels, k) == pytest.approx(
+                top_k_accuracy_score(labels, logits, k=k, labels=range(7)))
+
+
 def test_confusion_matrix_rows_are_true_labels():
     cm = metrics.confusion_matrix(PREDS, LABELS, 3)
     assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
