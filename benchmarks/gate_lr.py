@@ -2,7 +2,7 @@
 ``--gate-lr`` settings on the same data, each evaluated zero-shot.
 
     .venv/bin/python benchmarks/gate_lr.py --base out/demo/base --shards out/demo/shards \\
-        --corpus ~/.cache/react/corpus/embedded-v2 --out out/gate_lr --gate-lrs 0 5e-3 5e-2 --steps 128 --seed 0
+        --corpus "$(.venv/bin/react corpus fetch-embedded)" --out out/gate_lr --gate-lrs 0 5e-3 5e-2 --steps 128 --seed 0
 
 ``--shards`` is a ``react download`` output; without it, ``--subset`` pairs
 with a local ``image_path`` (what ``react retrieve`` writes for a local corpus)

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="out/demo/base", help="base model directory (default: out/demo/base)")
-    parser.add_argument("--corpus", type=Path, default=Path.home() / ".cache/react/corpus/embedded-v2",
-                        help="corpus directory whose downstream task scores the runs")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="corpus directory whose downstream task scores the runs (default: the embedded corpus)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the run directories and results.jsonl")
     parser.add_argument("--run", action="append", required=True, metavar='"NAME SHARDS [OPTIONS]"',
                         help="one customization run (repeat)")
@@ -40,7 +40,9 @@ def main() -> None:
     from react.cli import run
     from react.models import load_model
 
-    dataset = build_classification_dataset(str(args.corpus))
+    from react.embedded.corpus import fetch_embedded
+
+    dataset = build_classification_dataset(str(args.corpus or fetch_embedded()))
     base = load_model(args.base, device="cpu")
     classes = base.class_embeddings(dataset.classnames, dataset.templates)
     images = torch.stack([base.preprocess(dataset[i][0]) for i in range(len(dataset))])
