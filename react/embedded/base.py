@@ -159,6 +159,33 @@ def contrastive_loss(img: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
                   + torch.sum(-target * F.log_softmax(logits.T, dim=1), dim=1).mean())
 
 
+def corpus_version(corpus: Path) -> str | None:
+    """The embedded corpus' version (its manifest's), which a trained base records."""
+    import json
+
+    from react.schemas import CORPUS_MANIFEST
+
+    try:
+        return json.loads((Path(corpus) / CORPUS_MANIFEST).read_text()).get("version")
+    except (OSError, ValueError):
+        return None
+
+
+def is_current(out: Path, corpus: Path, r: BaseRecipe) -> bool:
+    """Whether ``out`` holds a base trained with this recipe on this corpus
+    version: a base from an older corpus split is retrained, not reused."""
+    import json
+    from dataclasses import asdict
+
+    from react.models import CONFIG_FILE
+
+    try:
+        info = json.loads((out / CONFIG_FILE).read_text())["react"]["base"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return info.get("corpus_version") == corpus_version(corpus) and info.get("recipe") == asdict(r)
+
+
 def train_base(corpus: Path, out: Path, r: BaseRecipe) -> dict:
     import open_clip
 
@@ -230,7 +257,8 @@ def train_base(corpus: Path, out: Path, r: BaseRecipe) -> dict:
             bar.update(task, advance=1, description=f"training base image tower (loss {np.mean(losses[-20:]):.3f})")
     model.eval()
     info = {"recipe": asdict(r), "pairs": n, "captions": len(flat), "train_seconds": round(time.time() - started, 1),
-            "final_loss": round(float(np.mean(losses[-20:])), 4), "corpus": str(corpus)}
+            "final_loss": round(float(np.mean(losses[-20:])), 4), "corpus": str(corpus),
+            "corpus_version": corpus_version(corpus)}
     save_model(model, cfg, out, preprocess_cfg=preprocess_config(r), extra={"base": info})
     console.print(f"[green]base model saved to {out}[/] ({info['train_seconds']} s, loss {info['final_loss']})")
     return info

@@ -56,10 +56,11 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from react.embedded.base import BaseRecipe, train_base
+    from react.embedded.base import BaseRecipe, is_current, train_base
     from react.embedded.corpus import fetch_embedded
     from react.errors import ReactError
     from react.models import CONFIG_FILE
+    from react.progress import console
 
     recipe = BaseRecipe(seed=args.seed)
     if args.steps is not None:
@@ -80,12 +81,14 @@ def _train(args: argparse.Namespace) -> int:
             raise ReactError(f"--photo-weight must be at least 1, got {args.photo_weight}")
         recipe.photo_weight = args.photo_weight
     out = args.out or cache_dir() / "base" / f"embedded-base-s{args.seed}"
-    if (out / CONFIG_FILE).is_file() and not args.force:
-        print(out)
-        return 0
     corpus = args.corpus or fetch_embedded()
     if not (corpus / "pretraining.parquet").is_file():
         raise ReactError(f"not a corpus directory (no pretraining.parquet): {corpus}")
+    if not args.force and is_current(out, corpus, recipe):
+        print(out)
+        return 0
+    if (out / CONFIG_FILE).is_file() and not args.force:
+        console.log(f"{out} was trained on another corpus version or recipe: retraining")
     train_base(corpus, out, recipe)
     print(out)
     return 0
