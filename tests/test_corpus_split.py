@@ -31,7 +31,7 @@ def test_split_is_disjoint_deterministic_and_complete():
     assert all(i.label is not None for i in parts["downstream"])
     # half of each labelled class is held out
     assert sum(i.label == "bird" for i in parts["downstream"]) == round(9 * 0.5)
-    # every emoji is in pretraining; about half of the web stamps are
+    # every emoji is in pretraining; one web stamp in four per folder is
     assert sum(i.source == "emoji-google" for i in parts["pretraining"]) == 10
 
 
