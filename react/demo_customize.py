@@ -69,15 +69,29 @@ def random_subset(corpus: Path, rows: int, seed: int, out: Path) -> Path:
     return write_parquet(pa.table(columns, schema=SUBSET_SCHEMA), out)
 
 
-def _run_state(run_dir: Path, argv: list[str]) -> str:
-    """'done' (same settings, finished), 'resume' (same settings, stopped early) or 'new'."""
+def run_key(argv: list[str], base: Path, shards: Path) -> dict:
+    """What a reusable run must share with the one asked for: the command, the
+    base's weights and the downloaded subset (paths alone stay the same when
+    the corpus, the base or the subset change)."""
+    from react.models import WEIGHTS_FILE, file_digest
+    from react.schemas import DOWNLOAD_MANIFEST
+
+    try:
+        data = json.loads((shards / DOWNLOAD_MANIFEST).read_text())["input"]["digest"]
+    except (OSError, ValueError, KeyError):
+        data = None
+    return {"argv": argv, "base": file_digest(base / WEIGHTS_FILE), "data": data}
+
+
+def _run_state(run_dir: Path, key: dict) -> str:
+    """'done' (same key, finished), 'resume' (same key, stopped early) or 'new'."""
     from customize.checkpoint import latest_checkpoint, read_run
 
     try:
         info = read_run(run_dir)
     except ReactError:
         return "new"
-    if info.get("demo_argv") != argv:
+    if key["data"] is None or info.get("demo_key") != key:
         return "new"
     last = latest_checkpoint(run_dir)
     if last is not None and last[0] >= info["plan"]["steps"]:
@@ -92,11 +106,12 @@ def customize_and_eval(step: Callable[[str, list[str]], None], base: Path, corpu
 
     argv = ["customize", "--base", str(base), "--train-data", str(shards), "--out", str(run_dir),
             "--mode", mode, "--seed", str(seed), *RECIPE, *MODE_RECIPE[mode]]
-    state = _run_state(run_dir, argv)
+    key = run_key(argv, base, shards)
+    state = _run_state(run_dir, key)
     if state != "done":
         step(f"customize {run_dir.name}", argv + (["--resume"] if state == "resume" else ["--overwrite"]))
         info = read_run(run_dir)
-        info["demo_argv"] = argv  # what makes a later demo reuse it
+        info["demo_key"] = key  # what makes a later demo reuse it
         write_run(run_dir, info)
     fresh = result.is_file() and result.stat().st_mtime >= (run_dir / "react_run.json").stat().st_mtime
     if not fresh:

@@ -39,13 +39,13 @@ def test_random_subset_refuses_more_rows_than_the_corpus(tmp_path):
         random_subset(_corpus(tmp_path, 50), 60, 0, tmp_path / "a.parquet")
 
 
-def _fake_run(run_dir: Path, argv: list[str] | None, steps: int, last_step: int | None) -> None:
+def _fake_run(run_dir: Path, key: dict | None, steps: int, last_step: int | None) -> None:
     from customize import checkpoint as ckpt
 
     run_dir.mkdir(parents=True)
     info = {"kind": ckpt.RUN_KIND, "format": ckpt.RUN_FORMAT, "plan": {"steps": steps}}
-    if argv is not None:
-        info["demo_argv"] = argv
+    if key is not None:
+        info["demo_key"] = key
     (run_dir / ckpt.RUN_FILE).write_text(json.dumps(info))
     if last_step is not None:
         step = ckpt.step_dir(run_dir, last_step)
@@ -54,12 +54,15 @@ def _fake_run(run_dir: Path, argv: list[str] | None, steps: int, last_step: int 
             (step / name).write_bytes(b"")
 
 
-def test_run_state_reuses_only_finished_runs_with_the_same_settings(tmp_path):
-    argv = ["customize", "--seed", "0"]
-    assert _run_state(tmp_path / "none", argv) == "new"
-    _fake_run(tmp_path / "done", argv, steps=8, last_step=8)
-    _fake_run(tmp_path / "half", argv, steps=8, last_step=4)
-    _fake_run(tmp_path / "other", ["customize", "--seed", "1"], steps=8, last_step=8)
-    assert _run_state(tmp_path / "done", argv) == "done"
-    assert _run_state(tmp_path / "half", argv) == "resume"
-    assert _run_state(tmp_path / "other", argv) == "new"
+def test_run_state_reuses_only_finished_runs_with_the_same_command_base_and_data(tmp_path):
+    key = {"argv": ["customize", "--seed", "0"], "base": "b1", "data": "sha256:d1"}
+    assert _run_state(tmp_path / "none", key) == "new"
+    _fake_run(tmp_path / "done", key, steps=8, last_step=8)
+    _fake_run(tmp_path / "half", key, steps=8, last_step=4)
+    assert _run_state(tmp_path / "done", key) == "done"
+    assert _run_state(tmp_path / "half", key) == "resume"
+    # same paths, but another seed, another base or another downloaded subset: start over
+    for change in ({"argv": ["customize", "--seed", "1"]}, {"base": "b2"}, {"data": "sha256:d2"}):
+        assert _run_state(tmp_path / "done", key | change) == "new"
+    # shards without a download manifest are never trusted
+    assert _run_state(tmp_path / "done", key | {"data": None}) == "new"
