@@ -198,6 +198,14 @@ def test_gated_image_trains_only_gated_blocks(tiny_model_dir, shards, tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert {"loss", "lr", "samples_per_s", "gates"} <= set(log[-1]) and log[-1]["gates"]["0"][0] != 0
     assert list((run / "cache").glob("text-*.npy")), "frozen text tower: captions cached once"
+    # TensorBoard (installed with the dev extra) holds the same scalars, read back by its own loader
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in log])
+    assert "gates/0/0" in events.Tags()["scalars"]
 
 
 def test_resume_is_bit_identical(tiny_model_dir, shards, tmp_path):
