@@ -59,6 +59,12 @@ class RowMetadata:
             raise ReactError(f"{path}: unreadable or truncated ({exc.__class__.__name__})") from None
         if self.table.num_rows != expected_rows:
             raise ReactError(f"{path}: {self.table.num_rows} rows, but index.json says {expected_rows}")
+        # One record batch per embedding part. Arrow's take over a chunked table
+        # first concatenates every chunk (15 ms for 50 rows of a 1M-row table in 8
+        # parts, and a copy of whole columns at LAION scale); taking from each
+        # batch holding a row keeps a lookup proportional to the rows asked for.
+        self._batches = self.table.to_batches()
+        self._offsets = np.cumsum([0] + [b.num_rows for b in self._batches])
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -68,5 +74,15 @@ class RowMetadata:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= self.table.num_rows):
             raise ReactError(f"row ids must lie in [0, {self.table.num_rows}), got {rows.min()}..{rows.max()}")
-        table = self.table.select(columns) if columns else self.table
-        return table.take(pa.array(rows))
+        if len(self._batches) <= 1 or not rows.size:
+            table = self.table.select(columns) if columns else self.table
+            return table.take(pa.array(rows))
+        part = np.searchsorted(self._offsets, rows, side="right") - 1
+        order = np.argsort(part, kind="stable")
+        pieces = []
+        for p in np.unique(part):
+            batch = self._batches[int(p)]
+            batch = batch.select(columns) if columns else batch
+            pieces.append(batch.take(pa.array(rows[order][part[order] == p] - self._offsets[p])))
+        grouped = pa.Table.from_batches(pieces).combine_chunks()  # only the rows asked for
+        return grouped.take(pa.array(np.argsort(order, kind="stable")))

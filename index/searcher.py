@@ -51,10 +51,30 @@ def read_faiss(path: Path, expected_bytes: int | None) -> faiss.Index:
         raise ReactError(f"{path}: {path.stat().st_size} bytes, index.json says {expected_bytes} (truncated or replaced)")
     for flags in (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY, 0):
         try:
-            return faiss.read_index(str(path), flags)
+            index = faiss.read_index(str(path), flags)
         except RuntimeError as exc:
             error = exc
+            continue
+        _no_list_prefetch(index)
+        return index
     raise ReactError(f"{path}: unreadable index ({str(error).strip().splitlines()[-1]})")
+
+
+def _no_list_prefetch(index: faiss.Index) -> None:
+    """Stop faiss from starting threads on every search of a memory-mapped inverted file.
+
+    Memory-mapped IVF lists are ``OnDiskInvertedLists``, whose search first
+    "prefetches" the probed lists with ``prefetch_nthread`` (32) freshly created
+    threads, on every call. With the lists in the page cache that is pure
+    overhead: one query at 100k x 512 (IVF1024, nprobe 32) cost 2.7 ms of CPU
+    with it and 0.54 ms without (2-core machine). Pages still come in on first
+    touch, as for any memory map."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if isinstance(lists, faiss.OnDiskInvertedLists):
+        lists.prefetch_nthread = 0
 
 
 class _Modality:

@@ -73,25 +73,6 @@ class LoadedIndex:
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
 
-def no_list_prefetch(searcher) -> None:
-    """Stop faiss from starting threads on every search of a memory-mapped inverted file.
-
-    ``Searcher`` memory-maps IVF lists, which faiss wraps as ``OnDiskInvertedLists``; their search
-    first "prefetches" the probed lists with ``prefetch_nthread`` (32) freshly created threads, on
-    every call. With the lists in the page cache that is pure overhead: one query at 100k x 512
-    (IVF1024, nprobe 32) cost 2.7 ms of CPU with it and 0.54 ms without (measured on the 2-core
-    machine). Pages still come in on first touch, as for any memory map."""
-    import faiss
-
-    for mod in searcher.modalities.values():
-        ivf = faiss.try_extract_index_ivf(mod.index)
-        if ivf is None:
-            continue
-        lists = faiss.downcast_InvertedLists(ivf.invlists)
-        if isinstance(lists, faiss.OnDiskInvertedLists):
-            lists.prefetch_nthread = 0
-
-
 class IndexRegistry:
     def __init__(self, paths: dict[str, Path], models: dict[str, str] | None = None, device: str | None = None,
                  metrics: Metrics | None = None, batchers: Batchers | None = None) -> None:
@@ -114,7 +95,6 @@ class IndexRegistry:
 
         path = self.paths[name]
         searcher = Searcher(path)
-        no_list_prefetch(searcher)
         model, model_error = None, None
         try:
             model = load_index_model(searcher, self.models.get(name), device=self.device)

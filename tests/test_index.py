@@ -259,3 +259,24 @@ def test_searcher_memory_maps_what_faiss_can(index_dir, emb_dir, tmp_path):
     index = Searcher(ivf).modalities["image"].index
     invlists = faiss.extract_index_ivf(index).invlists
     assert isinstance(faiss.downcast_InvertedLists(invlists), faiss.OnDiskInvertedLists)
+
+
+def test_row_metadata_take_across_parts_matches_a_plain_take(tmp_path):
+    import pyarrow as pa
+
+    from index.metadata import RowMetadata
+    from react.schemas import INDEX_METADATA
+
+    parts = [pa.record_batch({"key": [f"k{o + i}" for i in range(n)], "n": list(range(o, o + n))})
+             for o, n in ((0, 5), (5, 1), (6, 7), (13, 4))]
+    with pa.OSFile(str(tmp_path / INDEX_METADATA), "wb") as sink, pa.ipc.new_file(sink, parts[0].schema) as w:
+        for batch in parts:
+            w.write_batch(batch)
+    meta = RowMetadata(tmp_path, 17)
+    whole = pa.Table.from_batches(parts).combine_chunks()
+    rows = np.array([16, 0, 5, 5, 12, 3, 6, 13, 0])  # unordered, repeated, every part
+    assert meta.take(rows).to_pydict() == whole.take(pa.array(rows)).to_pydict()
+    assert meta.take(rows, ["n"]).to_pydict() == {"n": rows.tolist()}
+    assert meta.take(np.array([], dtype=np.int64), ["key"]).num_rows == 0
+    with pytest.raises(ReactError):
+        meta.take(np.array([17]))
