@@ -48,7 +48,7 @@ def _step(name: str, argv: list[str], timings: dict[str, float]) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from react.demo_customize import random_subset, react_effect
-    from react.demo_transfer import report, transfer_suite, transfer_summary
+    from react.demo_transfer import evaluate, report, transfer_suite, transfer_summary
     from react.embedded.corpus import fetch_embedded
 
     out: Path = args.out
@@ -64,8 +64,7 @@ def run_demo(args: argparse.Namespace) -> int:
     _step("base", ["base", "train-embedded", "--corpus", str(corpus), "--out", str(base), "--seed", str(args.seed)],
           timings)
     base_result = out / "results" / "base_zeroshot.json"
-    _step("eval-base", ["eval", "zeroshot", "--model", str(base), "--dataset", str(corpus), "--out", str(base_result)],
-          timings)
+    evaluate(lambda name, argv: _step("eval-base", argv, timings), base_result, "zeroshot", base, corpus)
 
     embeddings, index = out / "embeddings", out / "index"
     _step("embed", ["embed", str(corpus / "retrieval.parquet"), "--model", str(base), "--out", str(embeddings),

@@ -103,6 +103,7 @@ def customize_and_eval(step: Callable[[str, list[str]], None], base: Path, corpu
                        run_dir: Path, result: Path, mode: str, seed: int) -> dict:
     """One ``react customize`` (reused when done) and its zero-shot result."""
     from customize.checkpoint import read_run, write_run
+    from react.demo_transfer import evaluate
 
     argv = ["customize", "--base", str(base), "--train-data", str(shards), "--out", str(run_dir),
             "--mode", mode, "--seed", str(seed), *RECIPE, *MODE_RECIPE[mode]]
@@ -113,10 +114,7 @@ def customize_and_eval(step: Callable[[str, list[str]], None], base: Path, corpu
         info = read_run(run_dir)
         info["demo_key"] = key  # what makes a later demo reuse it
         write_run(run_dir, info)
-    fresh = result.is_file() and result.stat().st_mtime >= (run_dir / "react_run.json").stat().st_mtime
-    if not fresh:
-        step(f"eval {run_dir.name}", ["eval", "zeroshot", "--model", str(run_dir), "--dataset", str(corpus),
-                                      "--out", str(result)])
+    evaluate(step, result, "zeroshot", run_dir, corpus)
     return json.loads(result.read_text())
 
 

@@ -2,13 +2,14 @@
 customized model, then ``react report`` over everything the demo measured.
 
 A result is reused only for the same weights (their digest is recorded beside
-the results), so a second demo only rewrites the report.
+the results, ``evaluate``; the other demo stages use it too), so a second demo
+only rewrites the report.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from react.models import WEIGHTS_FILE, file_digest
 from react.schemas import write_text
@@ -24,36 +25,45 @@ TASKS: dict[str, list[str]] = {
 HEADLINE = {"linear-probe": "top1", "retrieval": "image_to_text_R@1", "detection": "AP50", "segmentation": "mIoU"}
 
 
-INPUTS_FILE = ".measured.json"  # result file name -> digest of the weights it measured
+INPUTS_FILE = ".measured.json"  # result file name -> identity of the weights it measured
 
 
-def _digest(model: Path) -> str:
-    return file_digest(model / WEIGHTS_FILE)
+def model_identity(model: Path) -> str:
+    """Digest of what a result measured: a model directory's weights, or a
+    customization run's newest checkpoint (what trained; the base is in the
+    run's reuse key)."""
+    from customize.checkpoint import WEIGHTS, latest_checkpoint
+
+    if (model / WEIGHTS_FILE).is_file():
+        return file_digest(model / WEIGHTS_FILE)
+    last = latest_checkpoint(model)
+    return file_digest(last[1] / WEIGHTS) if last else ""
 
 
-def _measured(results: Path) -> dict[str, str]:
+def evaluate(step: Callable[[str, list[str]], None], result: Path, task: str, model: Path, corpus: Path,
+             extra: Sequence[str] = ()) -> Path:
+    """``react eval TASK`` of ``model`` into ``result``, unless that file
+    already measured these very weights."""
+    inputs = result.parent / INPUTS_FILE
     try:
-        return json.loads((results / INPUTS_FILE).read_text())
+        measured = json.loads(inputs.read_text())
     except (OSError, ValueError):
-        return {}
+        measured = {}
+    identity = model_identity(model)
+    if not (identity and result.is_file() and measured.get(result.name) == identity):
+        step(f"eval {task} {result.stem.removesuffix('_' + task)}", ["eval", task, "--model", str(model), "--dataset", str(corpus),
+                                           "--out", str(result), *extra])
+        measured[result.name] = identity
+        write_text(inputs, json.dumps(measured, indent=1) + "\n")
+    return result
 
 
 def transfer_suite(step: Callable[[str, list[str]], None], results: Path, corpus: Path,
                    models: dict[str, Path]) -> dict[str, dict[str, Path]]:
-    """{task: {label: RESULT.json}} for every task and model (model dirs, not runs)."""
-    written: dict[str, dict[str, Path]] = {}
-    measured = _measured(results)
-    digests = {label: _digest(model) for label, model in models.items()}
-    for task, extra in TASKS.items():
-        for label, model in models.items():
-            result = results / f"{label}_{task}.json"
-            if not (result.is_file() and measured.get(result.name) == digests[label]):
-                step(f"eval {task} {label}", ["eval", task, "--model", str(model), "--dataset", str(corpus),
-                                               "--out", str(result), *extra])
-                measured[result.name] = digests[label]
-                write_text(results / INPUTS_FILE, json.dumps(measured, indent=1) + "\n")
-            written.setdefault(task, {})[label] = result
-    return written
+    """{task: {label: RESULT.json}} for every task and model."""
+    return {task: {label: evaluate(step, results / f"{label}_{task}.json", task, model, corpus, extra)
+                   for label, model in models.items()}
+            for task, extra in TASKS.items()}
 
 
 def transfer_summary(written: dict[str, dict[str, Path]]) -> dict:
