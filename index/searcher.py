@@ -26,7 +26,7 @@ from index.metadata import RowMetadata
 from index.query import normalize, reconstructor, search
 from index.vectors import EmbeddingFolder
 from react.errors import ReactError
-from react.schemas import INDEX_FORMAT, INDEX_JSON, index_file, index_ids_file
+from react.schemas import INDEX_FORMAT, INDEX_JSON, index_file, index_ids_file, ivfdata_file
 
 
 def read_manifest(index_dir: str | os.PathLike) -> dict:
@@ -49,7 +49,12 @@ def read_faiss(path: Path, expected_bytes: int | None) -> faiss.Index:
         raise ReactError(f"index file missing: {path}")
     if expected_bytes is not None and path.stat().st_size != expected_bytes:
         raise ReactError(f"{path}: {path.stat().st_size} bytes, index.json says {expected_bytes} (truncated or replaced)")
-    for flags in (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY, 0):
+    # Inverted lists merged on disk (``<name>.ivfdata`` beside the index) map
+    # themselves; faiss crashes if IO_FLAG_MMAP is added to those, and
+    # ONDISK_SAME_DIR finds the data file wherever the folder was moved to.
+    tries = ((faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_ONDISK_SAME_DIR,) if ivfdata_file(path).is_file()
+             else (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY, 0))
+    for flags in tries:
         try:
             index = faiss.read_index(str(path), flags)
         except RuntimeError as exc:

@@ -71,6 +71,12 @@ def index_ids_file(root: Path, modality: str) -> Path:
     return Path(root) / f"{modality}_ids.npy"
 
 
+def ivfdata_file(index_path: Path) -> Path:
+    """The on-disk inverted lists of an index file built with ``--on-disk``
+    (or merged from partial indices): same name, ``.ivfdata`` suffix."""
+    return Path(index_path).with_suffix(".ivfdata")
+
+
 # --- retrieved subset ---------------------------------------------------------
 SUBSET_SCHEMA = pa.schema(
     [
