@@ -28,7 +28,7 @@ from index.tune import Truth, bind, default_queries, ground_truth, load_queries,
 from index.vectors import MODALITIES, EmbeddingFolder
 from react.errors import ReactError
 from react.progress import console, progress
-from react.schemas import INDEX_FORMAT, INDEX_JSON, atomic_dir, index_file, index_ids_file
+from react.schemas import INDEX_FORMAT, INDEX_JSON, atomic_dir, index_file, index_ids_file, ivfdata_file
 
 SAMPLE_SIZE = 200_000
 SHIFT_SAMPLE = 50_000
@@ -75,9 +75,10 @@ def variants(candidate: Candidate) -> list[dict]:
 class Built:
     """A built index with what searching it needs."""
 
-    def __init__(self, candidate: Candidate, index: faiss.Index, rows: np.ndarray, seconds: float) -> None:
+    def __init__(self, candidate: Candidate, index: faiss.Index, rows: np.ndarray | None, seconds: float) -> None:
+        """``rows``: the global row of each faiss id; None when faiss ids are the rows themselves."""
         self.candidate, self.index, self.seconds = candidate, index, seconds
-        self.ids = None if np.array_equal(rows, np.arange(len(rows))) else rows
+        self.ids = None if rows is None or np.array_equal(rows, np.arange(len(rows))) else rows
         self.count = int(index.ntotal)
 
     def searcher(self, folder: EmbeddingFolder, modality: str, shift: np.ndarray | None):
@@ -110,6 +111,20 @@ def build_one_index(candidate: Candidate, folder: EmbeddingFolder, modality: str
     if len(rows_all) == 0:
         raise ReactError(f"{folder.root}: no usable {modality} embeddings (all NaN or zero)")
     return Built(candidate, index, rows_all, time.perf_counter() - t0)
+
+
+def build_on_disk(winner: Candidate, folder: EmbeddingFolder, modality: str, tmp: Path, out: Path, budget: int,
+                  seed: int, spark_master: str | None) -> Built:
+    """The full index with its lists merged on disk (index.ondisk); partial work is kept
+    beside ``out`` until the merge succeeds, so a rerun resumes."""
+    from index.ondisk import build_ondisk
+    from index.searcher import no_list_prefetch
+
+    work = out.parent / f".{out.name}.{modality}.partials"
+    index, seconds = build_ondisk(winner, folder, modality, index_file(tmp, modality), budget, work, seed,
+                                  spark_master)
+    no_list_prefetch(index)
+    return Built(winner, index, None, seconds)
 
 
 def use_gpu_clustering(index: faiss.Index, dim: int) -> None:
@@ -182,9 +197,16 @@ def tune_built(built: Built, folder: EmbeddingFolder, modality: str, queries: Qu
 def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality: str = "both",
                 factory: str = "auto", target_recall: float = 0.95, k: int = 50, queries: str | None = None,
                 n_queries: int = 1000, memory_gb: float | None = None, sample_size: int = SAMPLE_SIZE,
-                seed: int = 0, overwrite: bool = False) -> dict:
-    """Build, tune and write the index folder; returns its index.json content."""
+                seed: int = 0, overwrite: bool = False, on_disk: bool = False,
+                spark_master: str | None = None) -> dict:
+    """Build, tune and write the index folder; returns its index.json content.
+
+    ``on_disk`` merges inverted lists into memory-mapped files in bounded
+    memory (compressed codes that do not fit ``memory_gb`` go there anyway);
+    ``spark_master`` builds the partial indices on Spark (implies ``on_disk``)."""
     check_args(target_recall, k, n_queries)
+    if memory_gb is not None and not memory_gb > 0:
+        raise ReactError(f"--memory-gb must be > 0, got {memory_gb}")
     mods = modalities_of(modality)
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -193,7 +215,13 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality:
     if folder.count == 0:
         raise ReactError(f"empty embedding folder: {emb_dir} holds no rows")
     budget = int(memory_gb * 2**30) if memory_gb else memory_budget()
-    cands = [parse_factory(factory, folder.dim)] if factory != "auto" else auto_candidates(folder.count, folder.dim, budget)
+    on_disk = on_disk or bool(spark_master)
+    if spark_master:
+        from index.spark_build import check_master
+
+        check_master(spark_master)
+    cands = ([parse_factory(factory, folder.dim, folder.count, budget, on_disk)] if factory != "auto"
+             else auto_candidates(folder.count, folder.dim, budget, on_disk=on_disk, ivf_only=bool(spark_master)))
     shift = modality_gap(folder) if "image" in mods else None
     with console.status("checksumming the embedding folder"):
         checksum = folder.checksum()
@@ -207,16 +235,21 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality:
             mod_shift = shift if mod == "image" else None
             built, measured, winner, report = select(cands, folder, mod, qs, k, target_recall, sample_size,
                                                   mod_shift, seed)
-            if built is None:
+            if winner.on_disk:
+                built, measured = build_on_disk(winner, folder, mod, tmp, out, budget, seed, spark_master), None
+            elif built is None:
                 built = build_one_index(winner, folder, mod, lambda m=mod: folder.stream(m), folder.count, seed,
                                         f" ({mod}, all rows)")
             measured = tune_built(built, folder, mod, qs, k, target_recall, mod_shift, measured)
-            faiss.write_index(built.index, str(index_file(tmp, mod)))
+            if not winner.on_disk:  # an on-disk index was written by its merge
+                faiss.write_index(built.index, str(index_file(tmp, mod)))
             if built.ids is not None:
                 np.save(index_ids_file(tmp, mod), built.ids)
             entries[mod] = {"file": index_file(tmp, mod).name, **winner.to_json(), "count": built.count,
                             "skipped": folder.count - built.count, "build_s": round(built.seconds, 2),
                             "bytes": index_file(tmp, mod).stat().st_size, **measured, "candidates": report}
+            if winner.on_disk:
+                entries[mod]["ivfdata_bytes"] = ivfdata_file(index_file(tmp, mod)).stat().st_size
             if mod == "image":
                 entries[mod]["query_shift"] = [round(float(v), 6) for v in shift]
             console.print(f"  -> {winner.factory} {measured['search_params']}: recall@{k} "

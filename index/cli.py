@@ -72,6 +72,13 @@ def _add_index_parsers(sub: argparse._SubParsersAction) -> None:
                        help="RAM budget for one index when choosing candidates (default: 60%% of physical memory)")
     build.add_argument("--sample-size", type=int, default=200_000, metavar="N",
                        help="rows the candidates are compared on before the full build (default: 200000)")
+    build.add_argument("--on-disk", action="store_true",
+                       help="build inverted files in bounded memory: partial indices per chunk of rows, merged "
+                            "into memory-mapped INDEX_DIR/<modality>.ivfdata lists (automatic for compressed codes "
+                            "that exceed --memory-gb); an interrupted build resumes from its partial indices")
+    build.add_argument("--spark-master", default=None, metavar="URL",
+                       help="build the partial indices on Spark (spark://HOST:PORT, yarn, k8s://..., or local[N]); "
+                            "executors must see EMB_DIR and INDEX_DIR's parent at the same paths. Implies --on-disk")
     build.add_argument("--overwrite", action="store_true", help="replace an existing INDEX_DIR")
     build.set_defaults(func=_index_build)
 
@@ -101,7 +108,8 @@ def _index_build(args: argparse.Namespace) -> int:
 
     build_index(args.emb_dir, args.out, modality=args.modality, factory=args.factory,
                 target_recall=args.target_recall, k=args.k, queries=args.queries, n_queries=args.n_queries,
-                memory_gb=args.memory_gb, sample_size=args.sample_size, seed=args.seed, overwrite=args.overwrite)
+                memory_gb=args.memory_gb, sample_size=args.sample_size, seed=args.seed, overwrite=args.overwrite,
+                on_disk=args.on_disk, spark_master=args.spark_master)
     print(args.out)
     return 0
 

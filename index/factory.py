@@ -35,6 +35,7 @@ class Candidate:
     factory: str
     build_params: dict = field(default_factory=dict)
     fixed_params: dict = field(default_factory=dict)  # search params that are set, not tuned
+    on_disk: bool = False  # inverted lists merged into an .ivfdata file (index.ondisk), memory-mapped
 
     @property
     def knob(self) -> str | None:
@@ -54,8 +55,13 @@ class Candidate:
         """Whether the index stores the vectors themselves (re-ranking can use it)."""
         return not re.search(r"(SQ\d|PQ\d|LSH|RaBitQ)", self.factory)
 
+    @property
+    def inverted_file(self) -> bool:
+        return self.nlist is not None
+
     def to_json(self) -> dict:
-        return {"factory": self.factory, "build_params": self.build_params, "fixed_params": self.fixed_params}
+        return {"factory": self.factory, "build_params": self.build_params, "fixed_params": self.fixed_params,
+                "on_disk": self.on_disk}
 
 
 def bytes_per_vector(factory: str, dim: int) -> float:
@@ -89,27 +95,57 @@ def memory_budget() -> int:
         return 8 << 30
 
 
-def auto_candidates(n: int, dim: int, budget: int) -> list[Candidate]:
+def resident_bytes(factory: str, dim: int) -> float:
+    """What an on-disk inverted file keeps in RAM besides its lists: the coarse
+    quantizer (an HNSW32 graph over the centroids) and its list directory."""
+    nlist = int(re.search(r"IVF(\d+)", factory).group(1))
+    return nlist * (4 * dim + 8 * 32 * 1.1 + 64)
+
+
+def fits(candidate: Candidate, n: int, dim: int, budget: int) -> bool:
+    """Whether the part of ``candidate`` that lives in RAM fits ``budget``: every code for an
+    in-memory index; the quantizer alone (half the budget; training and chunks use the rest) on disk."""
+    if candidate.on_disk:
+        return resident_bytes(candidate.factory, dim) <= budget / 2
+    return n * bytes_per_vector(candidate.factory, dim) <= budget
+
+
+def auto_candidates(n: int, dim: int, budget: int, on_disk: bool = False, ivf_only: bool = False
+                    ) -> list[Candidate]:
     """What ``--factory auto`` measures: the graph, the inverted file with Flat
     and with SQ8 codes (SQ8 re-ranks exactly; on CLIP-like T2I queries it gave
     the Flat recall at 1.5-2x the speed in a quarter of the memory), and PQ
-    codes only when nothing else fits ``budget`` bytes."""
-    graph = Candidate("HNSW32", {"efConstruction": EF_CONSTRUCTION})
-    options = [graph]
-    if n >= MIN_IVF_ROWS:
+    codes only when nothing else fits ``budget`` bytes.
+
+    Compressed codes that do not fit in RAM are built with on-disk inverted
+    lists instead (all inverted files are with ``on_disk``; ``ivf_only`` drops
+    the graph, for builds whose partial indices are merged). Flat codes never
+    go to disk: the float16 embeddings already hold those vectors at half the
+    size, and the compressed indices re-rank from them."""
+    options = [] if ivf_only else [Candidate("HNSW32", {"efConstruction": EF_CONSTRUCTION})]
+    compressed: list[Candidate] = []
+    if n >= MIN_IVF_ROWS or ivf_only:
         nlist = default_nlist(n)
         quantizer = {"quantizer_efSearch": QUANTIZER_EF}
-        options += [Candidate(f"IVF{nlist}_HNSW32,Flat", {}, quantizer),
-                    Candidate(f"IVF{nlist}_HNSW32,SQ8", {}, quantizer)]
+        options.append(Candidate(f"IVF{nlist}_HNSW32,Flat", {}, quantizer, on_disk=on_disk))
         m = pq_m(dim)
-        pq = Candidate(f"OPQ{m}_{4 * m},IVF{nlist}_HNSW32,PQ{m}x8", {}, quantizer)
-    out = [c for c in options if n * bytes_per_vector(c.factory, dim) <= budget]
-    if not out and n >= MIN_IVF_ROWS and n * bytes_per_vector(pq.factory, dim) <= budget:
-        out = [pq]
+        compressed = [Candidate(f"IVF{nlist}_HNSW32,SQ8", {}, quantizer, on_disk=on_disk),
+                      Candidate(f"OPQ{m}_{4 * m},IVF{nlist}_HNSW32,PQ{m}x8", {}, quantizer, on_disk=on_disk)]
+    out = [c for c in options + compressed[:1] if fits(c, n, dim, budget)]
+    if not out and compressed and fits(compressed[1], n, dim, budget):
+        out = [compressed[1]]
+    if len(out) <= (0 if ivf_only else 1) and compressed:
+        # Nothing (or only the graph, which a large corpus outgrows) fits in RAM: the compressed codes on disk.
+        have = {c.factory for c in out}
+        out += [c for c in map(_on_disk, compressed) if c.factory not in have and fits(c, n, dim, budget)]
     if not out:
-        raise ReactError(f"no index type fits {n} x {dim} vectors in a {budget / 2**30:.1f} GiB budget; "
-                         f"raise --memory-gb or pass a compressed --factory")
+        raise ReactError(f"no index type fits {n:,} x {dim} vectors in a {budget / 2**30:.1f} GiB budget "
+                         f"(even on disk, the coarse quantizer needs more); raise --memory-gb")
     return out
+
+
+def _on_disk(candidate: Candidate) -> Candidate:
+    return Candidate(candidate.factory, candidate.build_params, candidate.fixed_params, on_disk=True)
 
 
 def pq_m(dim: int) -> int:
@@ -120,8 +156,11 @@ def pq_m(dim: int) -> int:
     return m
 
 
-def parse_factory(factory: str, dim: int) -> Candidate:
-    """A user's ``--factory`` string, checked by faiss itself before any work starts."""
+def parse_factory(factory: str, dim: int, n: int | None = None, budget: int | None = None,
+                  on_disk: bool = False) -> Candidate:
+    """A user's ``--factory`` string, checked by faiss itself before any work starts.
+    An inverted file whose codes exceed ``budget`` is built on disk; anything
+    else that does not fit is refused."""
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -129,7 +168,17 @@ def parse_factory(factory: str, dim: int) -> Candidate:
     del index
     build = {"efConstruction": EF_CONSTRUCTION} if factory.startswith("HNSW") else {}
     fixed = {"quantizer_efSearch": QUANTIZER_EF} if re.search(r"IVF\d+_HNSW", factory) else {}
-    return Candidate(factory, build, fixed)
+    cand = Candidate(factory, build, fixed)
+    if on_disk and not cand.inverted_file:
+        raise ReactError(f"--factory {factory!r}: on-disk builds need an inverted file (IVF...)")
+    cand.on_disk = on_disk
+    if n is not None and budget is not None and not fits(cand, n, dim, budget):
+        if cand.inverted_file and not cand.on_disk:
+            cand.on_disk = True
+        if not fits(cand, n, dim, budget):
+            raise ReactError(f"--factory {factory!r} does not fit {n:,} x {dim} vectors in a "
+                             f"{budget / 2**30:.1f} GiB budget; raise --memory-gb or pick a compressed inverted file")
+    return cand
 
 
 def new_index(candidate: Candidate, dim: int) -> faiss.Index:

@@ -76,7 +76,16 @@ class EmbeddingFolder:
         return len(self.rows_per_part)
 
     def array(self, modality: str, part: int) -> np.ndarray:
-        return np.load(emb_path(self.root, modality, part), mmap_mode="r")
+        path = emb_path(self.root, modality, part)
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:  # a part removed or rewritten while a long job reads the folder
+            raise ReactError(f"{path}: embedding part missing or unreadable ({exc.__class__.__name__}); "
+                             f"the folder changed after it was checked") from None
+        if arr.shape != (self.rows_per_part[part], self.dim):
+            raise ReactError(f"{path}: shape {arr.shape}, expected ({self.rows_per_part[part]}, {self.dim}); "
+                             f"the folder changed after it was checked")
+        return arr
 
     def stream(self, modality: str, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(rows, vectors)`` in global row order: int64 row numbers of the
