@@ -69,6 +69,10 @@ class RowMetadata:
     def __len__(self) -> int:
         return self.table.num_rows
 
+    @property
+    def column_names(self) -> list[str]:
+        return self.table.column_names
+
     def take(self, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """Metadata of ``rows`` (any shape of int; -1 is not allowed), in that order."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)

@@ -33,7 +33,8 @@ def read_manifest(index_dir: str | os.PathLike) -> dict:
     root = Path(index_dir)
     path = root / INDEX_JSON
     if not path.is_file():
-        raise ReactError(f"not an index folder (no {INDEX_JSON}): {root}")
+        raise ReactError(f"not an index folder (no {INDEX_JSON}, and no image.index/text.index of a "
+                         f"clip-retrieval folder): {root}")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -60,12 +61,12 @@ def read_faiss(path: Path, expected_bytes: int | None) -> faiss.Index:
         except RuntimeError as exc:
             error = exc
             continue
-        _no_list_prefetch(index)
+        no_list_prefetch(index)
         return index
     raise ReactError(f"{path}: unreadable index ({str(error).strip().splitlines()[-1]})")
 
 
-def _no_list_prefetch(index: faiss.Index) -> None:
+def no_list_prefetch(index: faiss.Index) -> None:
     """Stop faiss from starting threads on every search of a memory-mapped inverted file.
 
     Memory-mapped IVF lists are ``OnDiskInvertedLists``, whose search first
@@ -82,10 +83,21 @@ def _no_list_prefetch(index: faiss.Index) -> None:
         lists.prefetch_nthread = 0
 
 
+def check_index_folder(index_dir: str | os.PathLike) -> None:
+    """Cheap validation of either folder form (``react serve`` runs it before binding its port)."""
+    from index.clip_folder import check_clip_folder, is_clip_folder
+
+    if is_clip_folder(index_dir):
+        check_clip_folder(index_dir)
+    else:
+        read_manifest(index_dir)
+
+
 class _Modality:
-    def __init__(self, root: Path, name: str, entry: dict, rows: int) -> None:
+    def __init__(self, root: Path, name: str, entry: dict, rows: int, index: faiss.Index | None = None) -> None:
         self.name, self.entry = name, entry
-        self.index = read_faiss(root / entry["file"], entry.get("bytes"))
+        # ``index``: already opened (a clip-retrieval folder, whose files need other read flags).
+        self.index = index if index is not None else read_faiss(root / entry["file"], entry.get("bytes"))
         if self.index.ntotal != entry["count"]:
             raise ReactError(f"{root / entry['file']}: {self.index.ntotal} vectors, index.json says {entry['count']}")
         ids_path = index_ids_file(root, name)
@@ -120,14 +132,19 @@ class Searcher:
     """Batched k-NN over an index folder plus row -> metadata lookup."""
 
     def __init__(self, index_dir: str | os.PathLike, embeddings: str | os.PathLike | None = None) -> None:
+        from index.clip_folder import is_clip_folder, open_clip_folder
+
         self.root = Path(index_dir)
-        self.manifest = read_manifest(self.root)
+        # A clip-retrieval / LAION folder is served as it lies: its manifest is synthesized from the
+        # files (index.clip_folder), everything below then works on it unchanged.
+        clip = open_clip_folder(self.root) if is_clip_folder(self.root) else None
+        self.manifest = clip.manifest if clip else read_manifest(self.root)
         self.rows = int(self.manifest["rows"])
         self.dim = int(self.manifest["dim"])
         self.embeddings = str(embeddings) if embeddings else self.manifest.get("embeddings")
-        self.modalities = {name: _Modality(self.root, name, entry, self.rows)
+        self.modalities = {name: _Modality(self.root, name, entry, self.rows, clip.indices[name] if clip else None)
                            for name, entry in self.manifest["indices"].items()}
-        self.rowmeta = RowMetadata(self.root, self.rows)
+        self.rowmeta = clip.rowmeta if clip else RowMetadata(self.root, self.rows)
 
     @property
     def model(self) -> str | None:
@@ -167,7 +184,12 @@ class Searcher:
             run.pop("shift", None)
         needs_stored = int(run.get("rerank", 1)) > 1 or bool(run.get("shift"))
         stored = mod.stored(self.embeddings) if needs_stored else None
-        return search(mod.index, normalize(queries), k, run, ids=mod.ids, shift=mod.shift, stored=stored)
+        scores, rows = search(mod.index, normalize(queries), k, run, ids=mod.ids, shift=mod.shift, stored=stored)
+        if mod.entry.get("metric") == "l2":
+            # autofaiss can build L2 indices (clip folders); on unit vectors cosine = 1 - d^2 / 2, so
+            # scores mean the same as on an inner-product index and the order is unchanged.
+            scores = 1.0 - scores / 2.0
+        return scores, rows
 
     def metadata(self, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
@@ -84,7 +85,7 @@ def _find(path: Path, anchors: list[Path]) -> Optional[Path]:
 
 def locate_images(searcher) -> ImageRoot:
     """Follow index.json -> embed.json -> the corpus input; never raises (a missing link is a reason)."""
-    if "image_path" not in searcher.rowmeta.table.column_names:
+    if "image_path" not in searcher.rowmeta.column_names:
         return ImageRoot(None, None, "the index's metadata has no image_path column")
     emb = searcher.manifest.get("embeddings")
     if not emb:
@@ -125,7 +126,7 @@ class _Roots:
 def _row_image_path(idx, row: int) -> str:
     if not 0 <= row < idx.searcher.rows:
         raise not_found(f"index {idx.name!r} has no row {row} (rows 0..{idx.searcher.rows - 1})")
-    value = idx.searcher.rowmeta.table.column("image_path")[row].as_py()
+    value = idx.searcher.metadata(np.asarray([row]), columns=["image_path"]).column(0)[0].as_py()
     if not value:
         raise not_found(f"row {row} of index {idx.name!r} has no image_path")
     return str(value)

@@ -15,6 +15,10 @@ then carries a ``warning`` field, and the response an ``X-React-Warning``
 header, so the answer keeps the list shape existing clients parse.
 ``image_url`` is fetched only when the operator started the service with
 ``--allow-image-url``, within the image size limit and a timeout.
+
+Bodies are JSON whatever their Content-Type says, as on clip-retrieval's
+back-end (Flask's ``get_json(force=True)``): its own ``ClipClient`` posts
+``data=json.dumps(...)`` with no Content-Type at all (``JsonBodies``).
 """
 from __future__ import annotations
 
@@ -64,8 +68,31 @@ class MetadataRequest(BaseModel):
     indice_name: Optional[str] = None
 
 
+COMPAT_POSTS = frozenset({"/knn-service", "/metadata"})
+_NOT_JSON = {b"", b"text/plain", b"application/x-www-form-urlencoded"}  # ClipClient; curl -d
+
+
+class JsonBodies:
+    """Pure ASGI: declares the body of a compat POST JSON when its Content-Type is absent, text/plain or
+    form-encoded, so FastAPI parses and validates it as the documented JSON model (the OpenAPI schema
+    and the answers stay those of a JSON request) instead of answering 422 "valid dictionary"."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in COMPAT_POSTS:
+            ctype = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            if ctype.split(b";")[0].strip().lower() in _NOT_JSON:
+                headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                scope = dict(scope, headers=headers + [(b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
+
+
 def add_compat_routes(app: FastAPI, cfg: ServiceConfig, registry: IndexRegistry, metrics: Metrics,
                       batchers: Batchers | None = None) -> None:
+    app.add_middleware(JsonBodies)
+
     @app.get("/indices-list")
     async def indices_list() -> list[str]:
         return registry.names()
@@ -121,5 +148,5 @@ def add_compat_routes(app: FastAPI, cfg: ServiceConfig, registry: IndexRegistry,
         if bad:
             raise ServiceError(f"ids: {bad[0]} is not a row of index {idx.name!r} (0..{idx.searcher.rows - 1})")
         rows = idx.searcher.metadata(req.ids, columns=[c for c in ("key", "url", "caption")
-                                                        if c in idx.searcher.rowmeta.table.column_names]).to_pylist()
+                                                        if c in idx.searcher.rowmeta.column_names]).to_pylist()
         return [{"id": i, "metadata": m} for i, m in zip(req.ids, rows)]

@@ -86,7 +86,7 @@ def hits_of(idx: LoadedIndex, scores: np.ndarray, rows: np.ndarray, k: int, metr
             scores, rows = scores[keep], rows[keep]
     scores, rows = scores[:k], rows[:k]
     with metrics.timed("metadata"):
-        available = [c for c in META_COLUMNS if c in idx.searcher.rowmeta.table.column_names]
+        available = [c for c in META_COLUMNS if c in idx.searcher.rowmeta.column_names]
         table = idx.searcher.metadata(rows, columns=available).to_pydict()
     hits = []
     for i, (row, score) in enumerate(zip(rows.tolist(), scores.tolist())):

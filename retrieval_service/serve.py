@@ -12,11 +12,11 @@ from retrieval_service.task import Limits
 
 
 def build_config(args: argparse.Namespace) -> ServiceConfig:
-    from index.searcher import read_manifest
+    from index.searcher import check_index_folder
 
     indices = parse_index_args(args.index)
     for name, path in indices.items():
-        read_manifest(path)  # a bad folder fails here, with its name, before the port opens
+        check_index_folder(path)  # a bad folder (either form) fails here, with its name, before the port opens
     models = {}
     for value in args.model:
         name, sep, spec = value.partition("=")

@@ -167,7 +167,8 @@ def load_index_model(searcher, model: str | None = None, pretrained: str | None 
     spec = model or searcher.model
     if not spec:
         raise ReactError(f"index {searcher.root} records no model; pass one explicitly")
-    name, tag = (str(spec), pretrained) if model else resolve_model_spec(str(spec), searcher.root)
+    # A given ``name:tag`` (e.g. ViT-L-14:openai for a LAION index) splits like a recorded one.
+    name, tag = (str(spec), pretrained) if model and pretrained else resolve_model_spec(str(spec), searcher.root)
     loaded = load_model(name, pretrained=tag, device=device)
     searcher.check_model(loaded)
     return loaded
@@ -258,7 +259,7 @@ class TaskRetriever:
         return result
 
     def _table(self, merged, spec: TaskSpec, queries: list[str], groups: dict[int, int]) -> pa.Table:
-        available = set(self.searcher.rowmeta.table.column_names)
+        available = set(self.searcher.rowmeta.column_names)
         cols = [c for c in ("key", "url", "caption", "image_path") if c in available]
         meta = self.searcher.metadata(merged.row, columns=cols)
         n = len(merged)

