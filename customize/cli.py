@@ -33,7 +33,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     length.add_argument("--steps", type=int, default=None, help="optimizer steps")
     length.add_argument("--epochs", type=float, default=None, help="passes over the data (default: 32, the paper's)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="global batch per step (default: largest power of two <= pairs/4, at most 4096)")
+                   help="global batch per step, split evenly over the processes of an `accelerate launch` and "
+                        "each share over --accum-steps (default: largest power of two <= pairs/4, at most 4096)")
     p.add_argument("--seed", type=int, default=0, help="seed of block init, data order and augmentation (default 0)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4, the paper's)")
     p.add_argument("--gate-lr", type=float, default=None,

@@ -138,12 +138,26 @@ class Plan:
     save_every: int
 
 
-def plan(c: TrainConfig, num_pairs: int) -> Plan:
+def check_split(batch: int, accum: int, world: int) -> None:
+    """Each of the ``world`` processes takes ``batch / world`` samples of a step and
+    runs them as ``accum`` equal micro-batches. Anything uneven is refused before
+    training: the micro-batch slicing would silently drop the remainder (batch 12
+    over 2 processes with --accum-steps 4 trained on 8 of the 12 samples)."""
+    if batch % world:
+        raise ReactError(f"--batch-size {batch} is not divisible by the {world} processes "
+                         f"(use a multiple of {world})")
+    share = batch // world
+    if share % accum:
+        split = f" over {world} processes is {share} per process, which" if world > 1 else ""
+        raise ReactError(f"--batch-size {batch}{split} is not divisible by --accum-steps {accum} "
+                         f"(use a multiple of {world * accum})")
+
+
+def plan(c: TrainConfig, num_pairs: int, world: int = 1) -> Plan:
     batch = c.batch_size or default_batch(num_pairs)
     if batch > num_pairs:
         raise ReactError(f"--batch-size {batch} exceeds the {num_pairs} training pairs in {Path(c.train_data)}")
-    if batch % c.accum_steps:
-        raise ReactError(f"--batch-size {batch} is not divisible by --accum-steps {c.accum_steps}")
+    check_split(batch, c.accum_steps, world)
     per_epoch = num_pairs // batch
     steps = c.steps or max(1, round((c.epochs or PAPER_EPOCHS) * per_epoch))
     warmup = c.warmup if c.warmup is not None else min(PAPER_WARMUP, steps // 10)

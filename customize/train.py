@@ -22,7 +22,7 @@ from open_clip import get_model_preprocess_cfg
 from torch.utils.data import DataLoader
 
 from customize import checkpoint as ckpt
-from customize.config import Plan, TrainConfig, merge_for_resume, plan, validate
+from customize.config import Plan, TrainConfig, check_split, merge_for_resume, plan, validate
 from customize.data import PairImages, StepBatches, index_shards, read_sizes, train_transform
 from customize.gated import gate_values, insert_gated_blocks
 from customize.log import RunLog, gate_summary
@@ -36,22 +36,22 @@ from react.models import LoadedModel, load_model
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on tau
 
 
-def _open_run_dir(run_dir: Path, c: TrainConfig) -> dict[str, Any] | None:
-    """Stored run info when resuming; refuses to clobber anything by accident."""
+def _open_run_dir(run_dir: Path, c: TrainConfig) -> tuple[dict[str, Any] | None, bool]:
+    """(stored run info when resuming, whether --overwrite must clear the folder);
+    refuses to clobber anything by accident. Deletes nothing: that waits until
+    the run's settings have passed every check (``train``)."""
     exists = run_dir.exists() and any(run_dir.iterdir()) if run_dir.is_dir() else run_dir.exists()
     is_run = (run_dir / ckpt.RUN_FILE).is_file()
     if c.resume:
         if not is_run:
             raise ReactError(f"nothing to resume in {run_dir} (no {ckpt.RUN_FILE})")
-        return ckpt.read_run(run_dir)
+        return ckpt.read_run(run_dir), False
     if exists and not c.overwrite:
         raise ReactError(f"run directory already exists: {run_dir} (pass --resume to continue it "
                          f"or --overwrite to start over)")
-    if exists:
-        if not is_run:
-            raise ReactError(f"--overwrite refused: {run_dir} is not a customization run directory")
-        shutil.rmtree(run_dir)
-    return None
+    if exists and not is_run:
+        raise ReactError(f"--overwrite refused: {run_dir} is not a customization run directory")
+    return None, exists
 
 
 def _accelerator(c: TrainConfig):
@@ -97,6 +97,8 @@ def loss_and_backward(accelerator, model, images: torch.Tensor, tokens: torch.Te
         img, txt, scale = _outputs(model, images[sl], None if tokens is None else tokens[sl])
         return img, (cached[sl] if cached is not None else txt), scale.clamp(max=MAX_LOGIT_SCALE)
 
+    if len(images) % accum:  # check_split refuses such runs; never drop samples silently
+        raise ReactError(f"{len(images)} samples do not split into {accum} equal micro-batches")
     size = len(images) // accum
     slices = [slice(m * size, (m + 1) * size) for m in range(accum)]
     if accum == 1:
@@ -141,12 +143,16 @@ def train(c: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a customization; returns a summary of where it ended."""
     validate(c)
     run_dir = Path(c.out)
-    stored = _open_run_dir(run_dir, c)
+    stored, clear = _open_run_dir(run_dir, c)
     if stored is not None:
         c = merge_for_resume(stored["config"], c)
     read_sizes(Path(c.train_data).expanduser())  # the data's one-line errors before any model loads
     accelerator = _accelerator(c)
     main = accelerator.is_main_process
+    if c.batch_size is not None:  # the process count is known only now; refuse before anything is written
+        check_split(c.batch_size, c.accum_steps, accelerator.num_processes)
+    if clear and main:
+        shutil.rmtree(run_dir)
     if c.threads:
         torch.set_num_threads(c.threads)
     base = load_model(c.base, pretrained=c.pretrained, device="cpu")
@@ -161,7 +167,7 @@ def train(c: TrainConfig) -> dict[str, Any]:
         index = index_shards(c.train_data, cache=cache_dir / "index.parquet")
     if stored is not None and stored["data"]["fingerprint"] != index.fingerprint():
         raise ReactError(f"training data in {c.train_data} changed since {run_dir} started; resume needs the same shards")
-    p: Plan = plan(c, len(index))
+    p: Plan = plan(c, len(index), accelerator.num_processes)
 
     model = base.model
     torch.manual_seed(c.seed)  # the new blocks' initialization

@@ -21,47 +21,44 @@ already holds parts is refused.
 Multi-process (``accelerate launch -m react embed ...`` or any launcher that
 sets ``RANK``/``WORLD_SIZE``): with N processes, process r embeds only the parts
 whose index ``i % N == r``, so no two processes write the same file; each uses
-``cuda:LOCAL_RANK`` unless ``--device`` is given. After a barrier (accelerate's
-``PartialState.wait_for_everyone`` when available), rank 0 checks the whole
-folder and writes ``embed.json``. A single process is the tested path.
+``cuda:LOCAL_RANK`` unless ``--device`` is given. After a barrier (gloo on CPU,
+see ``index.distributed``), rank 0 checks the whole folder and writes
+``embed.json``; a part missing then is an error, never a folder without its
+manifest. Tested with two CPU processes (tests/test_multiprocess.py): the
+folder is identical to a one-process run's.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from index.distributed import barrier, process_grid  # noqa: F401  (process_grid: re-exported)
+from index.embed_check import (  # noqa: F401  (check_embeddings, EMBED_JSON: re-exported)
+    _PART_RE,
+    EMBED_JSON,
+    _check_norms,
+    _read_manifest,
+    check_embeddings,
+    check_part,
+)
 from index.readers import Corpus, ImageSource, read_corpus
 from react.errors import ReactError
 from react.images import load_rgb
-from react.shards import load_shard_image
 from react.loading import LoadFailure, check_batch, collate, guarded
-from react.schemas import (
-    EMBEDDING_METADATA_REQUIRED,
-    IMG_EMB_DIR,
-    METADATA_DIR,
-    TEXT_EMB_DIR,
-    atomic_path,
-    img_emb_path,
-    metadata_path,
-    text_emb_path,
-    write_text,
-)
+from react.schemas import atomic_path, img_emb_path, metadata_path, text_emb_path, write_text
+from react.shards import load_shard_image
 
-EMBED_JSON = "embed.json"
 DEFAULT_PART_SIZE = 100_000
-NORM_TOL = 1e-2  # float16 rows of unit vectors are within ~1e-3 of norm 1
 
 
 # --- loading images in workers --------------------------------------------------------
@@ -86,183 +83,12 @@ class _Images(Dataset):
 
 # --- distribution ------------------------------------------------------------------------
 
-def process_grid() -> tuple[int, int]:
-    """(rank, world size) from accelerate's launcher, torchrun, or a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    if world > 1 and not 0 <= rank < world:
-        raise ReactError(f"RANK {rank} outside WORLD_SIZE {world}")
-    return rank, max(1, world)
-
-
-def _barrier(world: int) -> None:
-    if world <= 1:
-        return
-    try:
-        from accelerate import PartialState
-    except ImportError:  # pragma: no cover - accelerate is a dependency
-        return
-    PartialState().wait_for_everyone()
-
-
 def resolve_workers(requested: int | None, device: torch.device) -> int:
     if requested is not None:
         if requested < 0:
             raise ReactError(f"--workers must be >= 0, got {requested}")
         return requested
     return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
-
-
-# --- checking ---------------------------------------------------------------------------
-
-_PART_RE = {
-    IMG_EMB_DIR: re.compile(r"^img_emb_(\d+)\.npy$"),
-    TEXT_EMB_DIR: re.compile(r"^text_emb_(\d+)\.npy$"),
-    METADATA_DIR: re.compile(r"^metadata_(\d+)\.parquet$"),
-}
-
-
-def _part_indices(root: Path, sub: str) -> set[int]:
-    folder = root / sub
-    if not folder.is_dir():
-        return set()
-    return {int(m.group(1)) for p in folder.iterdir() if (m := _PART_RE[sub].match(p.name))}
-
-
-def _load_emb(path: Path, part: int, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise ReactError(f"part {part}: {what} missing ({path})")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ReactError(f"part {part}: unreadable or truncated {what} {path} ({exc.__class__.__name__})") from None
-    if arr.dtype != np.float16:
-        raise ReactError(f"part {part}: {what} {path} has dtype {arr.dtype}, expected float16")
-    if arr.ndim != 2:
-        raise ReactError(f"part {part}: {what} {path} has shape {arr.shape}, expected [rows, dim]")
-    return arr
-
-
-def _check_norms(arr: np.ndarray, part: int, what: str, chunk: int = 65536) -> None:
-    for start in range(0, arr.shape[0], chunk):
-        block = np.asarray(arr[start : start + chunk], dtype=np.float32)
-        norms = np.linalg.norm(block, axis=1)
-        bad = ~np.isfinite(norms) | (np.abs(norms - 1.0) > NORM_TOL)
-        if bad.any():
-            row = start + int(np.argmax(bad))
-            raise ReactError(f"part {part}: {int(bad.sum())} {what} row(s) not unit-norm "
-                             f"(first: row {row}, norm {norms[row - start]:.4f})")
-
-
-def check_part(root: Path, part: int, expected_keys: Sequence[str] | None = None,
-               norms: bool = True) -> dict:
-    """Validate one part's three files; returns ``{"rows", "dim", "keys"}``."""
-    root = Path(root)
-    img = _load_emb(img_emb_path(root, part), part, "img_emb")
-    txt = _load_emb(text_emb_path(root, part), part, "text_emb")
-    meta_file = metadata_path(root, part)
-    if not meta_file.is_file():
-        raise ReactError(f"part {part}: metadata missing ({meta_file})")
-    try:
-        meta = pq.read_table(meta_file, columns=None)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ReactError(f"part {part}: unreadable metadata {meta_file} ({exc.__class__.__name__})") from None
-    missing = [c for c in EMBEDDING_METADATA_REQUIRED if c not in meta.column_names]
-    if missing or not {"url", "image_path"} & set(meta.column_names):
-        need = missing or ["url or image_path"]
-        raise ReactError(f"part {part}: metadata {meta_file} lacks column(s) {', '.join(need)}")
-    if not img.shape[0] == txt.shape[0] == meta.num_rows:
-        raise ReactError(f"part {part}: row counts differ: img_emb {img.shape[0]}, text_emb {txt.shape[0]}, "
-                         f"metadata {meta.num_rows}")
-    if img.shape[1] != txt.shape[1]:
-        raise ReactError(f"part {part}: img_emb dim {img.shape[1]} != text_emb dim {txt.shape[1]}")
-    keys = [str(k) for k in meta.column("key").to_pylist()]
-    if expected_keys is not None and keys != list(expected_keys):
-        first = next((j for j, (a, b) in enumerate(zip(keys, expected_keys)) if a != b), min(len(keys), len(expected_keys)))
-        raise ReactError(f"part {part}: metadata keys differ from the input at row {first}")
-    if norms:
-        _check_norms(img, part, "img_emb")
-        _check_norms(txt, part, "text_emb")
-    return {"rows": int(img.shape[0]), "dim": int(img.shape[1]), "keys": keys}
-
-
-def check_embeddings(emb_dir: str | os.PathLike, norms: bool = True) -> dict:
-    """Validate every part of an embedding folder; ReactError naming the part on any mismatch.
-
-    Checks: the same part numbers 0..n-1 in all three sub-folders; per part equal
-    row counts, float16, 2-D, equal dims (across parts too); unit-norm rows;
-    keys unique across the folder. Returns ``{"parts", "count", "dim",
-    "rows_per_part", "model", "model_id"}`` (the model fields from embed.json, if present)."""
-    root = Path(emb_dir)
-    if not root.is_dir():
-        raise ReactError(f"embedding folder not found: {root}")
-    found = {sub: _part_indices(root, sub) for sub in _PART_RE}
-    every = set().union(*found.values())
-    if not every:
-        raise ReactError(f"no embedding parts in {root}")
-    for part in range(max(every) + 1):
-        for sub, indices in found.items():
-            if part not in indices:
-                raise ReactError(f"part {part}: {sub} file missing in {root}")
-    dim = None
-    rows_per_part: list[int] = []
-    hashes: list[np.ndarray] = []
-    for part in range(max(every) + 1):
-        info = check_part(root, part, norms=norms)
-        if dim is None:
-            dim = info["dim"]
-        elif info["dim"] != dim:
-            raise ReactError(f"part {part}: dim {info['dim']} differs from part 0's {dim}")
-        hashes.append(pd.util.hash_array(np.asarray(info["keys"], dtype=object), categorize=False))
-        rows_per_part.append(info["rows"])
-    duplicate = _duplicate_key(root, hashes)
-    if duplicate:
-        raise ReactError(f"part {duplicate[0]}: duplicate key {duplicate[1]!r}")
-    manifest = _read_manifest(root)
-    if manifest:
-        if manifest.get("dim") not in (None, dim):
-            raise ReactError(f"{root / EMBED_JSON}: dim {manifest['dim']} but the parts hold {dim}")
-        if manifest.get("count") not in (None, sum(rows_per_part)):
-            raise ReactError(f"{root / EMBED_JSON}: count {manifest['count']} but the parts hold {sum(rows_per_part)}")
-    return {"parts": len(rows_per_part), "count": sum(rows_per_part), "dim": dim,
-            "rows_per_part": rows_per_part, "model": (manifest or {}).get("model"),
-            "model_id": (manifest or {}).get("model_id") or (manifest or {}).get("model")}
-
-
-def _duplicate_key(root: Path, hashes: list[np.ndarray]) -> tuple[int, str] | None:
-    """The first key held twice, as (later part, key), from 8-byte key hashes:
-    a set of 400M Python strings would need tens of GB, the hashes need 3.2 GB.
-    Equal hashes are confirmed on the keys themselves (64-bit collisions happen
-    at that scale)."""
-    if not hashes:
-        return None
-    flat = np.concatenate(hashes)
-    order = np.argsort(flat, kind="stable")
-    ties = np.flatnonzero(flat[order][1:] == flat[order][:-1])
-    starts = np.cumsum([0] + [len(h) for h in hashes])
-    keys: dict[int, list] = {}
-
-    def key_at(row: int) -> tuple[int, str]:
-        part = int(np.searchsorted(starts, row, side="right") - 1)
-        if part not in keys:
-            keys[part] = pq.read_table(metadata_path(root, part), columns=["key"]).column("key").to_pylist()
-        return part, str(keys[part][row - starts[part]])
-
-    for i in ties:
-        (pa_, ka), (pb, kb) = key_at(int(order[i])), key_at(int(order[i + 1]))
-        if ka == kb:
-            return max(pa_, pb), ka
-    return None
-
-
-def _read_manifest(root: Path) -> dict | None:
-    path = root / EMBED_JSON
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReactError(f"unreadable {path}: {exc.__class__.__name__}") from None
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -331,6 +157,13 @@ def embed_corpus(
     env_rank, env_world = process_grid()
     rank = env_rank if rank is None else rank
     world = env_world if world_size is None else world_size
+    # Processes started by a launcher wait for each other; explicit rank/world_size
+    # without one (independent jobs) cannot, and leave embed.json to a last rank-0 run.
+    launched = env_world > 1
+    if isinstance(model, LoadedModel):
+        cpu = model.device.type == "cpu"
+    else:
+        cpu = not torch.cuda.is_available() or (device is not None and torch.device(device).type == "cpu")
 
     data = corpus if isinstance(corpus, Corpus) else read_corpus(corpus)
     root = Path(out).expanduser()
@@ -343,7 +176,8 @@ def embed_corpus(
         for sub in _PART_RE:
             shutil.rmtree(root / sub, ignore_errors=True)
         (root / EMBED_JSON).unlink(missing_ok=True)
-    _barrier(world)
+    if launched:
+        barrier(world, cpu)  # nobody writes a part before rank 0 has cleared the folder
 
     if isinstance(model, LoadedModel):
         loaded = model
@@ -398,10 +232,15 @@ def embed_corpus(
                 raise ReactError(f"model {loaded.name}: image dim {img.shape[1]} != text dim {txt.shape[1]}")
             _write_part(root, part, img, txt, data.metadata.slice(lo, hi - lo), keys[lo:hi])
 
-    _barrier(world)
+    if launched:
+        barrier(world, cpu)  # every process has written its parts (or failed, and the launch with it)
     result = dict(plan)
     if rank == 0:
-        if world == 1 or all(metadata_path(root, p).is_file() for p in range(n_parts)):
+        missing = [p for p in range(n_parts) if not metadata_path(root, p).is_file()]
+        if missing and launched:
+            raise ReactError(f"{root}: part(s) {', '.join(map(str, missing[:5]))} missing after every process "
+                             f"finished; embed.json not written (run again with --resume)")
+        if not missing:
             info = check_embeddings(root, norms=False)
             if info["count"] != n or info["parts"] != n_parts:
                 raise ReactError(f"{root}: holds {info['count']} rows in {info['parts']} parts, "

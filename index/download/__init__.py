@@ -11,6 +11,7 @@ runs). Its steps, one module each:
 - ``runner``: one img2dataset run ("round") into a staging folder, committing
   each shard as it completes;
 - ``local``: ``--local-corpus``, the same run fed from files on disk;
+- ``spark``: ``--distributor pyspark``'s session (local[N] or ``--spark-master``);
 - ``summary``: outcome per reason and per class, as a table and JSON;
 - ``loopback``: a corpus served on loopback as "the web" (the demo).
 """

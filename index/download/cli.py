@@ -35,6 +35,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("img2dataset")
     g.add_argument("--distributor", choices=DISTRIBUTORS, default="multiprocessing",
                    help="img2dataset's distributor (pyspark/ray: see the README)")
+    g.add_argument("--spark-master", metavar="URL",
+                   help="with --distributor pyspark: the Spark master (spark://HOST:PORT, yarn, k8s://URL; "
+                        "default: local[--processes] in this process; an active session is used as it is)")
     g.add_argument("--processes", type=int, help="worker processes (default: one per core)")
     g.add_argument("--threads", type=int, default=32, help="download threads per process (default: 32)")
     g.add_argument("--image-size", type=int, default=256, help="resize target in pixels (default: 256)")
@@ -65,6 +68,7 @@ def run_download(args: argparse.Namespace) -> int:
         image_size=args.image_size, resize_mode=args.resize_mode, resize_only_if_bigger=not args.upscale,
         encode_quality=args.quality, shard_size=args.shard_size, keep=args.keep, timeout=args.timeout,
         retries=args.retries, processes=args.processes, threads=args.threads, distributor=args.distributor,
+        spark_master=args.spark_master,
         user_agent_token=args.user_agent_token, disallowed_header_directives=tuple(args.opt_out_directives),
         warn_below=args.warn_below)
     download_subset(args.subset, args.out, local_corpus=args.local_corpus, resume=args.resume,

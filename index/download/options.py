@@ -37,6 +37,7 @@ class DownloadOptions:
     processes: int | None = None        # None: one per core
     threads: int = 32                   # per process; downloads are I/O bound
     distributor: str = "multiprocessing"
+    spark_master: str | None = None     # pyspark: None = local[processes]
     # honest: img2dataset's User-Agent names itself and this token, and opt-outs
     # addressed to the token ("X-Robots-Tag: img2dataset: noai") are honoured too
     user_agent_token: str = "img2dataset"
@@ -66,6 +67,12 @@ class DownloadOptions:
         if package and importlib.util.find_spec(package) is None:
             raise ReactError(f"--distributor {self.distributor} needs the {package} package "
                              f"(pip install {package}), which is not installed")
+        if self.spark_master is not None:
+            if self.distributor != "pyspark":
+                raise ReactError(f"--spark-master needs --distributor pyspark (got --distributor {self.distributor})")
+            from index.download.spark import check_master
+
+            check_master(self.spark_master)  # an unreachable master fails here, before any work
 
     def layout(self, kept: list[str]) -> dict:
         """The settings every shard of one download shares."""
@@ -76,9 +83,12 @@ class DownloadOptions:
     def record(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
+    def worker_processes(self) -> int:
+        return self.processes or machine_processes()
+
     def img2dataset_kwargs(self, shards_to_do: int) -> dict:
         """Arguments of ``img2dataset.download`` besides input, output and columns."""
-        processes = self.processes or machine_processes()
+        processes = self.worker_processes()
         if self.distributor == "multiprocessing":
             processes = max(1, min(processes, shards_to_do))  # a process per shard at most
         return {

@@ -14,7 +14,7 @@ import shutil
 import signal
 import sys
 import threading
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -71,7 +71,7 @@ def run_round(folder: ShardsDir, rnd: Round, opts: DownloadOptions, label: str) 
         watcher.bar = bar
         watcher.start()
         try:
-            with _quiet(log):
+            with _quiet(log), _distributor_session(opts, folder.work):
                 img2dataset.download(
                     url_list=str(url_list), output_folder=str(staging), input_format="parquet", url_col="url",
                     caption_col="caption", save_additional_columns=list(rnd.columns),
@@ -80,7 +80,9 @@ def run_round(folder: ShardsDir, rnd: Round, opts: DownloadOptions, label: str) 
         except (ReactError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 -- img2dataset's own failure, named
-            raise ReactError(f"img2dataset failed: {exc.__class__.__name__}: {exc} (log: {log})") from None
+            from index.download.spark import one_line
+
+            raise ReactError(f"img2dataset failed: {one_line(exc)} (log: {log})") from None
         finally:
             watcher.stop()
     if watcher.error is not None:
@@ -138,6 +140,16 @@ class _Watcher(threading.Thread):
             if self.bar is not None:
                 self.bar.update(self.task, advance=info.count,
                                 description=f"{self.label} ({self.ok} ok, {self.failed} failed)")
+
+
+def _distributor_session(opts: DownloadOptions, work: Path):
+    """The Spark session of a pyspark round, made inside ``_quiet`` so the JVM's
+    output goes to the log too; nothing for the other distributors."""
+    if opts.distributor != "pyspark":
+        return nullcontext()
+    from index.download.spark import spark_session
+
+    return spark_session(opts.spark_master, opts.worker_processes(), work)
 
 
 @contextmanager
