@@ -68,29 +68,47 @@ def _world(n: int, dim: int, rng: np.random.Generator) -> dict:
                 sub_start=sub_start, freq=freq, sigma=sigma)
 
 
-def generate(n: int, dim: int = 512, n_queries: int = 1000, seed: int = 0
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (image_vecs [n,dim], text_vecs [n,dim], query_vecs [n_queries,dim]), float32 unit rows."""
+def world(n: int, dim: int = 512, seed: int = 0) -> tuple[dict, np.random.Generator]:
+    """The concept world of an ``n``-row corpus and the generator its rows and queries come from."""
     rng = np.random.default_rng(seed)
-    w = _world(n, dim, rng)
-    img = np.empty((n, dim), np.float32)
-    txt = np.empty((n, dim), np.float32)
+    return _world(n, dim, rng), rng
+
+
+def pairs(w: dict, rng: np.random.Generator, n: int, dim: int = 512):
+    """Yield ``(image_vecs, text_vecs)`` float32 unit rows, CHUNK rows at a time, ``n`` in all
+    (a corpus larger than memory streams to disk from here)."""
     for s in range(0, n, CHUNK):
         m = min(CHUNK, n - s)
         c = rng.choice(len(w["freq"]), size=m, p=w["freq"])
         sub = w["sub_start"][c] + (rng.random(m) * w["n_sub"][c]).astype(np.int64)
         z = w["subs"][sub] + w["sigma"][c, None] * (_gauss(rng, (m, dim), dim) @ w["shape"])
-        for out, a, mu, tau, sh in ((img, A_IMG, w["mu_img"], TAU_IMG, w["shape"]),
-                                    (txt, A_TXT, w["mu_txt"], TAU_TXT, None)):
+        out = []
+        for a, mu, tau, sh in ((A_IMG, w["mu_img"], TAU_IMG, w["shape"]), (A_TXT, w["mu_txt"], TAU_TXT, None)):
             g = _gauss(rng, (m, dim), dim)
             u = _unit(z + tau * (g if sh is None else g @ sh))
             u += a * mu
-            out[s:s + m] = _unit(u)
+            out.append(_unit(u))
+        yield out[0], out[1]
+
+
+def queries(w: dict, rng: np.random.Generator, n_queries: int, dim: int = 512) -> np.ndarray:
+    """Held-out class-name-like text queries, [n_queries, dim] float32 unit rows."""
     qp = w["freq"] ** Q_POW
     qc = rng.choice(len(qp), size=n_queries, p=qp / qp.sum())
     q = _unit(w["concepts"][qc] + Q_NOISE * _gauss(rng, (n_queries, dim), dim))
     q = _unit(q + A_TXT * w["mu_txt"])
-    return img, txt, q.astype(np.float32)
+    return q.astype(np.float32)
+
+
+def generate(n: int, dim: int = 512, n_queries: int = 1000, seed: int = 0
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (image_vecs [n,dim], text_vecs [n,dim], query_vecs [n_queries,dim]), float32 unit rows."""
+    w, rng = world(n, dim, seed)
+    img = np.empty((n, dim), np.float32)
+    txt = np.empty((n, dim), np.float32)
+    for s, (a, b) in zip(range(0, n, CHUNK), pairs(w, rng, n, dim)):
+        img[s:s + len(a)], txt[s:s + len(b)] = a, b
+    return img, txt, queries(w, rng, n_queries, dim)
 
 
 def describe(img: np.ndarray, txt: np.ndarray, q: np.ndarray, k: int = 50,

@@ -101,11 +101,18 @@ def _ann(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, n
     return index.search(queries, k)
 
 
+RESCORE_ROWS = 65536  # stored vectors gathered at once: 128 MiB of float32 at d=512, whatever the batch
+
+
 def _rescore(queries: np.ndarray, found: np.ndarray, stored: Callable) -> tuple[np.ndarray, np.ndarray]:
     valid = found >= 0
     safe = np.where(valid, found, found.max(initial=0))  # padded slots re-score a real vector, then drop
-    vecs = stored(safe.reshape(-1)).reshape(found.shape[0], found.shape[1], -1)
-    exact = np.einsum("qd,qfd->qf", queries, vecs)
+    exact = np.empty(found.shape, np.float32)
+    step = max(1, RESCORE_ROWS // max(found.shape[1], 1))
+    for s in range(0, len(found), step):
+        block = safe[s : s + step]
+        vecs = stored(block.reshape(-1)).reshape(block.shape[0], block.shape[1], -1)
+        exact[s : s + step] = np.einsum("qd,qfd->qf", queries[s : s + step], vecs)
     exact[~valid] = -np.inf
     order = np.argsort(-exact, axis=1, kind="stable")
     return np.take_along_axis(exact, order, axis=1), np.take_along_axis(found, order, axis=1)
