@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -146,8 +147,8 @@ def trained_checkpoint(candidate: Candidate, folder: EmbeddingFolder, modality: 
             "dim": folder.dim, "budget": budget, "seed": seed}
     plan_file, trained_file = work / "plan.json", work / TRAINED
     if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
-        for stale in work.iterdir():
-            stale.unlink()  # another factory, folder or budget: nothing there is reusable
+        shutil.rmtree(work)  # another factory, folder or budget: nothing there is reusable
+        work.mkdir(parents=True)
     plan_file.write_text(json.dumps(plan))
     if trained_file.is_file():
         console.print(f"resuming the {modality} build in {work}")
@@ -182,9 +183,7 @@ def build_ondisk(candidate: Candidate, folder: EmbeddingFolder, modality: str, o
         partials = local_partials(trained, folder, modality, work, chunk)
     with console.status(f"merging {len(partials)} partial {modality} indices on disk"):
         index = merge_partials(trained, partials, out)
-    for leftover in work.iterdir():
-        leftover.unlink()
-    work.rmdir()
+    shutil.rmtree(work)
     return index, time.perf_counter() - t0
 
 

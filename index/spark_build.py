@@ -15,10 +15,7 @@ same path (NFS, a FUSE-mounted bucket), and every node needs this package.
 """
 from __future__ import annotations
 
-import os
 import re
-import socket
-import sys
 from pathlib import Path
 
 import faiss
@@ -27,47 +24,9 @@ from index.ondisk import Unit, add_partial, partial_path, unit_vectors, units
 from index.vectors import EmbeddingFolder
 from react.errors import ReactError
 from react.progress import console
+from react.spark import check_master, one_line, spark_session
 
-MASTER_RE = re.compile(r"^(local(\[(\d+|\*)(,\d+)?\])?|spark://[^/]+|yarn|k8s://.+|mesos://.+)$")
-CONNECT_TIMEOUT_S = 5.0
-
-
-def check_master(master: str) -> None:
-    """Refuse, before any work, a master that is malformed, unreachable, or pyspark missing."""
-    try:
-        import pyspark  # noqa: F401
-    except ImportError:
-        raise ReactError("--spark-master needs pyspark: pip install 'react-clip[spark]'") from None
-    if not MASTER_RE.match(master):
-        raise ReactError(f"--spark-master {master!r}: expected local[N], spark://HOST:PORT, yarn or k8s://URL")
-    if master.startswith("spark://"):
-        for hostport in master[len("spark://"):].split(","):
-            host, _, port = hostport.rpartition(":")
-            try:
-                with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-                    pass
-            except (OSError, ValueError) as exc:
-                raise ReactError(f"--spark-master {master}: cannot reach {hostport} ({exc.__class__.__name__}: "
-                                 f"{exc})") from None
-
-
-def _session(master: str):
-    from pyspark.sql import SparkSession
-
-    # Local-mode workers must run this interpreter (the venv that has faiss and this package).
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active, False
-    session = (SparkSession.builder.master(master).appName("react index build")
-               .config("spark.ui.enabled", "false")
-               .config("spark.task.maxFailures", "2")  # a bad slice fails fast instead of four times
-               .config("spark.python.worker.reuse", "true")
-               .getOrCreate())
-    session.sparkContext.setLogLevel("ERROR")
-    return session, True
-
+__all__ = ["check_master", "spark_partials"]
 
 def _task(root: str, rows_per_part: list[int], dim: int, modality: str, trained_file: str, work: str):
     """What each Spark task runs: its slices into partial indices (cloudpickled to the executor)."""
@@ -82,35 +41,25 @@ def _task(root: str, rows_per_part: list[int], dim: int, modality: str, trained_
     return run
 
 
-def _spark_error(exc: Exception) -> ReactError:
-    """The executor's own one-line error, out of Spark's Java and Python stack traces."""
-    text = str(exc)
-    found = re.search(r"ReactError: (.+)", text)
-    if found:
-        return ReactError(found.group(1).strip())
-    last = [line for line in text.splitlines() if line.strip()][-1:] or [exc.__class__.__name__]
-    return ReactError(f"Spark job failed: {last[0].strip()[:300]}")
-
-
 def spark_partials(master: str, trained_file: Path, folder: EmbeddingFolder, modality: str, work: Path,
                    chunk: int) -> list[Path]:
     """Build the missing partial indices on Spark; returns every partial index path in order."""
     plan: list[tuple[int, Unit]] = list(enumerate(units(folder, chunk)))
     todo = [(n, u) for n, u in plan if not partial_path(work, n).is_file()]
     if todo:
-        session, owned = _session(master)
         try:
-            sc = session.sparkContext
-            slices = min(len(todo), max(1, sc.defaultParallelism) * 4)
-            run = _task(str(folder.root.resolve()), list(folder.rows_per_part), folder.dim, modality,
-                        str(trained_file.resolve()), str(work.resolve()))
-            with console.status(f"Spark ({master}): {len(todo)} partial {modality} indices in {slices} tasks"):
-                done = sc.parallelize(todo, slices).mapPartitions(run).collect()
+            with spark_session(master, "react index build", work / "spark") as session:
+                sc = session.sparkContext
+                slices = min(len(todo), max(1, sc.defaultParallelism) * 4)
+                run = _task(str(folder.root.resolve()), list(folder.rows_per_part), folder.dim, modality,
+                            str(trained_file.resolve()), str(work.resolve()))
+                with console.status(f"Spark ({master}): {len(todo)} partial {modality} indices in {slices} tasks"):
+                    done = sc.parallelize(todo, slices).mapPartitions(run).collect()
+        except ReactError:
+            raise
         except Exception as exc:  # py4j / PySpark errors carry the executor's traceback as text
-            raise _spark_error(exc) from None
-        finally:
-            if owned:
-                session.stop()
+            found = re.search(r"ReactError: (.+)", str(exc))
+            raise ReactError(found.group(1).strip() if found else f"Spark job failed: {one_line(exc)}") from None
         console.print(f"Spark built {len(done)} partial {modality} indices ({sum(c for _, c in done):,} vectors)")
     paths = [partial_path(work, n) for n, _ in plan]
     missing = [p.name for p in paths if not p.is_file()]
