@@ -7,6 +7,8 @@ stand in for our own)::
     EMB_DIR/text_emb/text_emb_{i}.npy        float16 [n_i, dim], L2-normalized
     EMB_DIR/metadata/metadata_{i}.parquet    n_i rows: key, caption, url and/or image_path, extras
     EMB_DIR/embed.json                       model, dim, count, part_size, parts, input
+    EMB_DIR/embed.plan.json                  the same identity, written before the first part,
+                                             removed with embed.json (``--resume`` checks both)
 
 Alignment: row ``j`` of part ``i`` is the same pair in all three files. It is
 checked when a part is written (row counts, keys equal to the input's keys for
@@ -46,10 +48,12 @@ from index.distributed import barrier, process_grid  # noqa: F401  (process_grid
 from index.embed_check import (  # noqa: F401  (check_embeddings, EMBED_JSON: re-exported)
     _PART_RE,
     EMBED_JSON,
+    EMBED_PLAN,
     _check_norms,
-    _read_manifest,
     check_embeddings,
     check_part,
+    check_resume,
+    write_plan,
 )
 from index.readers import Corpus, ImageSource, read_corpus
 from react.errors import ReactError
@@ -176,6 +180,7 @@ def embed_corpus(
         for sub in _PART_RE:
             shutil.rmtree(root / sub, ignore_errors=True)
         (root / EMBED_JSON).unlink(missing_ok=True)
+        (root / EMBED_PLAN).unlink(missing_ok=True)
     if launched:
         barrier(world, cpu)  # nobody writes a part before rank 0 has cleared the folder
 
@@ -189,14 +194,13 @@ def embed_corpus(
     n_parts = math.ceil(n / part_size)
     plan = {"model": loaded.name, "model_id": loaded.identity or loaded.name, "dim": loaded.embed_dim,
             "count": n, "part_size": part_size, "parts": n_parts, "input": str(data.path), "input_form": data.form}
-    manifest = _read_manifest(root) if resume else None
-    if manifest:
-        for field in ("model", "model_id", "count", "part_size"):
-            if manifest.get(field, plan[field]) != plan[field]:
-                raise ReactError(f"cannot resume {root}: its {field} is {manifest.get(field)!r}, "
-                                 f"this run's is {plan[field]!r} (use --overwrite)")
+    if resume:
+        check_resume(root, plan)
     for sub in _PART_RE:
         (root / sub).mkdir(parents=True, exist_ok=True)
+    # Every process writes the (identical) plan after its own check, so the first
+    # writer has always seen the folder's previous identity.
+    write_plan(root, plan)
 
     keys = [str(k) for k in data.metadata.column("key").to_pylist()]
     captions = [str(c) for c in data.metadata.column("caption").to_pylist()]
@@ -247,6 +251,7 @@ def embed_corpus(
                                  f"expected {n} in {n_parts} (stale parts from another run? use --overwrite)")
             result["dim"] = info["dim"]
             write_text(root / EMBED_JSON, json.dumps(result, indent=2) + "\n")
+            (root / EMBED_PLAN).unlink(missing_ok=True)  # embed.json now holds the identity
     result["embedded"], result["skipped"] = todo, skipped
     return result
 

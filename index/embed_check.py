@@ -23,9 +23,15 @@ from react.schemas import (
     img_emb_path,
     metadata_path,
     text_emb_path,
+    write_text,
 )
 
 EMBED_JSON = "embed.json"
+# The run's identity, written (atomically) before its first part and removed once
+# embed.json is: an interrupted first run leaves no embed.json, and without this
+# --resume could not tell parts of another model of the same dim from its own.
+EMBED_PLAN = "embed.plan.json"
+RESUME_FIELDS = ("model", "model_id", "count", "part_size")
 NORM_TOL = 1e-2  # float16 rows of unit vectors are within ~1e-3 of norm 1
 
 
@@ -169,8 +175,23 @@ def _duplicate_key(root: Path, hashes: list[np.ndarray]) -> tuple[int, str] | No
     return None
 
 
-def _read_manifest(root: Path) -> dict | None:
-    path = root / EMBED_JSON
+def check_resume(root: Path, plan: dict) -> None:
+    """Refuse to resume a folder whose embed.json (a finished run) or plan (an
+    interrupted one) names another model, count or part size than ``plan``."""
+    for name in (EMBED_JSON, EMBED_PLAN):
+        manifest = _read_manifest(root, name) or {}
+        for field in RESUME_FIELDS:
+            if manifest.get(field, plan[field]) != plan[field]:
+                raise ReactError(f"cannot resume {root}: its {field} is {manifest.get(field)!r} ({name}), "
+                                 f"this run's is {plan[field]!r} (use --overwrite)")
+
+
+def write_plan(root: Path, plan: dict) -> None:
+    write_text(root / EMBED_PLAN, json.dumps({**plan, "complete": False}, indent=2) + "\n")
+
+
+def _read_manifest(root: Path, name: str = EMBED_JSON) -> dict | None:
+    path = root / name
     if not path.is_file():
         return None
     try:

@@ -205,3 +205,35 @@ def test_check_embeddings_finds_keys_repeated_across_parts(tmp_path):
     meta = meta.set_column(0, "key", pa.array([f"k{i}" for i in range(10)]))
     write_embedding_folder(tmp_path / "ok", x, x, meta, part_size=4)
     assert check_embeddings(tmp_path / "ok")["count"] == 10
+
+
+def test_resume_after_interrupted_first_run_refuses_another_models_parts(tiny_model_dir, tmp_path, capsys):
+    """A first run that dies after part 0 leaves no embed.json; --resume with another
+    model of the same dim must not keep part 0 and name the new model (issue 16)."""
+    import open_clip
+
+    from react.cli import run
+    from react.models import save_model
+    from tests.conftest import TINY_CFG
+
+    torch.manual_seed(1)
+    other = tmp_path / "other"  # same architecture and dim, other weights
+    save_model(open_clip.CLIP(**TINY_CFG), TINY_CFG, other,
+               preprocess_cfg={"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    root = _folder_corpus(tmp_path / "corpus")
+    good = (root / "img4.png").read_bytes()
+    (root / "img4.png").write_bytes(b"not an image")  # part 1 fails: a real interruption after part 0
+    out = tmp_path / "emb"
+    argv = ["embed", str(root), "--out", str(out), "--part-size", "3", "--device", "cpu"]
+    assert run(argv + ["--model", str(tiny_model_dir)]) == 2
+    capsys.readouterr()
+    assert metadata_path(out, 0).is_file() and not (out / "embed.json").exists()
+    (root / "img4.png").write_bytes(good)
+    assert run(argv + ["--model", str(other), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot resume" in err and "model" in err and "\n" not in err
+    assert not (out / "embed.json").exists()
+    # The same model resumes, keeps part 0, and the final manifest replaces the plan.
+    assert run(argv + ["--model", str(tiny_model_dir), "--resume"]) == 0
+    assert check_embeddings(out)["count"] == N
+    assert not any(p.name.startswith("embed.") and p.name != "embed.json" for p in out.iterdir())
