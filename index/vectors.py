@@ -114,15 +114,23 @@ class EmbeddingFolder:
         return np.concatenate(out_rows), np.concatenate(out_vecs)
 
     def take(self, modality: str, rows: np.ndarray) -> np.ndarray:
-        """float32 unit vectors of ``rows`` in the order given (rows known to be valid)."""
-        uniq, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
-        parts = np.searchsorted(self.offsets, uniq, side="right") - 1
-        out = np.empty((len(uniq), self.dim), dtype=np.float32)
-        for part in np.unique(parts):
-            sel = parts == part
-            out[sel] = self.array(modality, int(part))[uniq[sel] - self.offsets[part]]
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), MIN_NORM)
-        return out[inverse.reshape(-1)]
+        """float32 unit vectors of ``rows`` in the order given (rows known to be valid).
+
+        Re-ranking calls this with ~10^5 rows per batch, so it is one fancy
+        index per part straight into the output (no unique/inverse copies) and
+        norms by einsum (np.linalg.norm took a third of the time)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        if self.parts == 1:
+            out[:] = self.array(modality, 0)[rows]
+        else:
+            parts = np.searchsorted(self.offsets, rows, side="right") - 1
+            for part in np.unique(parts):
+                sel = np.flatnonzero(parts == part)
+                out[sel] = self.array(modality, int(part))[rows[sel] - self.offsets[part]]
+        norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+        out /= np.maximum(norms, MIN_NORM)[:, None]
+        return out
 
     def sample_rows(self, n: int, seed: int = 0, exclude: np.ndarray | None = None) -> np.ndarray:
         """``n`` distinct global rows drawn uniformly (sorted), avoiding ``exclude``."""
