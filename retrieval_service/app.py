@@ -234,8 +234,8 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
 def _load_quietly(registry: IndexRegistry, gc_freeze: bool = False) -> None:
     try:
         registry.load_all()
-    except ReactError:
-        pass  # recorded in registry.load_error; /readyz reports it
+    except Exception:
+        pass  # any failure is recorded in registry.load_error (and logged there); /readyz reports it
     if gc_freeze:
         import gc
 

@@ -108,14 +108,21 @@ class IndexRegistry:
                            batchers=self.batchers)
 
     def load_all(self) -> None:
-        """Open every index (startup, in a background thread: /healthz answers meanwhile)."""
-        try:
-            for name in self.paths:
+        """Open every index (startup, in a background thread: /healthz answers meanwhile).
+
+        Any exception is recorded in ``load_error`` before it propagates: a reader that
+        does not translate its error (numpy on a truncated file) or a MemoryError would
+        otherwise end the loader thread and leave /readyz saying "loading" forever."""
+        for name in self.paths:
+            try:
                 self._loaded[name] = self._load(name)
-        except ReactError as exc:
-            self.load_error = str(exc)
-            log.error("loading indices failed: %s", exc)
-            raise
+            except Exception as exc:
+                self.load_error = _one_line(name, exc)
+                if isinstance(exc, ReactError):
+                    log.error("loading indices failed: %s", exc)
+                else:  # not a reported input error: keep the traceback for the operator
+                    log.exception("loading index %s failed", name)
+                raise
         self.ready.set()
 
     def get(self, name: str | None) -> LoadedIndex:
@@ -135,10 +142,12 @@ class IndexRegistry:
         with self._reload_locks[name]:
             try:
                 new = self._load(name)
-            except ReactError as exc:
+            except Exception as exc:  # any failure keeps the old index; SIGHUP's thread must not die on it
                 self.metrics.index_reloads.labels(name, "failed").inc()
-                raise ServiceError(f"reload of {name!r} failed, still serving the previous index: {exc}", 409) \
-                    from None
+                if not isinstance(exc, ReactError):
+                    log.exception("reloading index %s failed", name)
+                raise ServiceError(f"reload of {name!r} failed, still serving the previous index: "
+                                   f"{_one_line(name, exc)}", 409) from None
             self._loaded[name] = new  # one reference assignment: atomic for every reader
             self.metrics.index_reloads.labels(name, "ok").inc()
             log.info("index %s reloaded (generation %d)", name, new.generation)
@@ -153,3 +162,12 @@ class IndexRegistry:
             except ReactError as exc:
                 out[name] = str(exc)
         return out
+
+
+def _one_line(name: str, exc: BaseException) -> str:
+    """A load failure as one line: a ReactError's own message (it names its file), else
+    the index, the exception type and the first line of its message."""
+    if isinstance(exc, ReactError):
+        return str(exc)
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"index {name!r}: {exc.__class__.__name__}" + (f": {text}" if text else "")

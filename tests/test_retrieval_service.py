@@ -425,3 +425,67 @@ def test_react_serve_process_sighup_reload(index_dir, tmp_path):
         proc.terminate()
         # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status names the signal.
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def _serve_process(index: Path, state: Path):
+    """A real ``react serve`` on a free loopback port; returns (process, base url)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "react", "serve", "--index", f"tiny={index}", "--port", "0",
+                             "--state-dir", str(state), "--log-level", "warning"],
+                            stderr=subprocess.PIPE, text=True, env=os.environ | {"COLUMNS": "200"})
+    while True:
+        line = proc.stderr.readline()
+        if not line:
+            proc.kill()
+            raise AssertionError("react serve exited before printing its address")
+        if m := re.search(r"on (http://127\.0\.0\.1:\d+)", line):
+            return proc, m.group(1)
+
+
+def test_readyz_reports_a_load_failure_that_is_not_a_react_error(index_dir, tmp_path):
+    """A truncated image_ids.npy passes the pre-bind check but makes numpy raise ValueError
+    while the loader thread opens the index (issue 16): /readyz must name it, not say
+    "indices are loading" forever."""
+    import shutil
+    import signal
+
+    bad = tmp_path / "index"
+    shutil.copytree(index_dir, bad)
+    ids = bad / "image_ids.npy"
+    np.save(ids, np.arange(60, dtype=np.int64))
+    ids.write_bytes(ids.read_bytes()[:20])  # cut inside the header
+    proc, url = _serve_process(bad, tmp_path / "state")
+    try:
+        deadline = time.monotonic() + 30
+        while (answer := httpx.get(url + "/readyz")).json().get("error") == "indices are loading":
+            assert time.monotonic() < deadline, "still 'indices are loading' 30 s after binding"
+            time.sleep(0.1)
+        assert answer.status_code == 503
+        message = answer.json()["error"]
+        assert "ValueError" in message and "tiny" in message and "\n" not in message
+        assert httpx.get(url + "/healthz").status_code == 200  # the process is alive and answering
+        assert httpx.post(url + "/v1/search", json={"text": "a cat", "k": 1}).json()["error"] == message
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_reload_failure_that_is_not_a_react_error_keeps_the_old_index(index_dir, tmp_path):
+    """The same untranslated ValueError on reload answers 409 naming it; the old index keeps serving."""
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    cfg = ServiceConfig(indices={"tiny": copy}, state_dir=tmp_path / "state")
+    with LiveServer(create_app(cfg)) as live:
+        ids = copy / "image_ids.npy"
+        np.save(ids, np.arange(60, dtype=np.int64))
+        ids.write_bytes(ids.read_bytes()[:20])
+        answer = httpx.post(live.url + "/v1/indices/tiny/reload")
+        assert answer.status_code == 409 and "ValueError" in answer.json()["error"]
+        hit = httpx.post(live.url + "/v1/search", json={"text": "a photo of a car.", "k": 1}).json()["results"][0]
+        assert hit["key"] == "car"
