@@ -77,7 +77,7 @@ def peek_index(path: Path) -> tuple[int, int] | None:
 
 def open_index(path: Path) -> faiss.Index:
     """Read one index read-only and memory-mapped where faiss can map it."""
-    from index.searcher import no_list_prefetch
+    from index.searcher import read_first
 
     if _has_ondisk_lists(path):
         # Lists in a separate .ivfdata (merge_ondisk): faiss stores its path relative to where the index
@@ -88,16 +88,7 @@ def open_index(path: Path) -> faiss.Index:
         # MMAP maps IVF lists, MMAP_IFC flat codes (Flat, HNSW storage): a LAION-size index is not read in.
         attempts = (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY,
                     faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY, 0)
-    error = None
-    for flags in attempts:
-        try:
-            index = faiss.read_index(str(path), flags)
-        except RuntimeError as exc:
-            error = exc
-            continue
-        no_list_prefetch(index)
-        return index
-    raise ReactError(f"{path}: unreadable index ({str(error).strip().splitlines()[-1]})")
+    return read_first(path, attempts)
 
 
 def describe_factory(index: faiss.Index) -> str:

@@ -55,7 +55,14 @@ def read_faiss(path: Path, expected_bytes: int | None) -> faiss.Index:
     # ONDISK_SAME_DIR finds the data file wherever the folder was moved to.
     tries = ((faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_ONDISK_SAME_DIR,) if ivfdata_file(path).is_file()
              else (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY, 0))
-    for flags in tries:
+    return read_first(path, tries)
+
+
+def read_first(path: Path, attempts: tuple[int, ...]) -> faiss.Index:
+    """The index read with the first of ``attempts`` (faiss IO flags) that works, list prefetch off;
+    a file no attempt can read is one ReactError naming faiss' reason."""
+    error: Exception | None = None
+    for flags in attempts:
         try:
             index = faiss.read_index(str(path), flags)
         except RuntimeError as exc:
