@@ -186,21 +186,69 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; it replaces ``final`` only on success."""
-    import shutil
+    """Yield a temporary sibling directory; it replaces ``final`` only on success.
+
+    The old ``final`` is renamed aside (``.NAME.old-XXXX``) before the new one is
+    renamed in, and removed only after: deleting it first would leave a crash
+    between the two steps with no output, and one during the deletion with a
+    half-deleted one under the final name. A crash between the two renames leaves
+    the old folder aside and no ``final``; :func:`recover_dir`, run on entry here,
+    puts it back (and removes asides whose ``final`` exists)."""
+    import secrets
 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     umask_mode(tmp, directory=True)
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        aside = final.with_name(f"{_aside_prefix(final)}{secrets.token_hex(4)}")
+        had_old = os.path.lexists(final)
+        if had_old:
+            os.rename(final, aside)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            if had_old:
+                os.rename(aside, final)
+            raise
+        if had_old:
+            _remove(aside)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
+
+
+def _aside_prefix(final: Path) -> str:
+    # mkdtemp's names (atomic_dir's work folders) never hold "-": no clash with these.
+    return f".{final.name}.old-"
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recover_dir(final: str | os.PathLike) -> None:
+    """Finish an :func:`atomic_dir` replacement cut short by a crash: with no
+    ``final``, the most recently set-aside old folder becomes ``final`` again;
+    every other aside folder is removed."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    prefix = _aside_prefix(final)
+    asides = [p for p in final.parent.iterdir() if p.name.startswith(prefix)]
+    # rename() updates the ctime: the last one set aside is the newest output.
+    asides.sort(key=lambda p: p.lstat().st_ctime_ns)
+    if asides and not os.path.lexists(final):
+        os.rename(asides.pop(), final)
+    for aside in asides:
+        _remove(aside)
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike) -> Path:
