@@ -102,9 +102,10 @@ def _unique_images(idx: LoadedIndex, rows: np.ndarray) -> np.ndarray | None:
     from retrieval_service.dedup import DEFAULT_DEDUP_THRESHOLD
     from retrieval_service.merge import connected_components
 
-    vecs = idx.retriever.dups._vectors(rows)
-    if vecs is None:
+    fetched = idx.retriever.dups._vectors(rows)
+    if fetched is None:
         return None
+    vecs = fetched[0]  # a row without an image vector is zero here: similar to nothing, kept alone
     sims = vecs @ vecs.T
     a, b = np.nonzero(np.triu(sims >= DEFAULT_DEDUP_THRESHOLD, k=1))
     comp = connected_components(len(rows), a.astype(np.int64), b.astype(np.int64))
