@@ -59,6 +59,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="encode captions every step even when the text tower is frozen")
     p.add_argument("--workers", type=int, default=None, help="image-decoding workers (default: 0 on CPU, 6 on GPU)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="force a device (default: accelerate's)")
+    p.add_argument("--decoder", default="auto", choices=("auto", "gpu", "cpu", "pil"),
+                   help="image decoding: gpu = nvjpeg + batched crop/flip/normalize on the GPU, cpu = libjpeg-turbo "
+                        "in the workers + batched augmentation, pil = PIL per sample (today's loader); auto = gpu "
+                        "on CUDA, else pil (faster on CPU). The choice is printed")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="torch.compile the image tower (default: on CUDA; falls back to eager if it fails)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="never torch.compile")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: 10%% of steps)")
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep (default 3)")

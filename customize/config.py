@@ -57,6 +57,8 @@ class TrainConfig:
     eval_every: int = 0
     eval_templates: str | None = None
     stop_after: int | None = None     # stop (with a checkpoint) after this many steps in this invocation
+    decoder: str = "auto"             # auto|gpu|cpu|pil (customize.gpu_batch); auto: gpu on CUDA, else pil
+    compile: bool | None = None       # torch.compile the image tower; None: on CUDA only
     resume: bool = False
     overwrite: bool = False
 
@@ -67,7 +69,8 @@ class TrainConfig:
 # What a resumed run may change: where things are and how it is run, never
 # what is computed.
 RESUME_MUTABLE = {"base", "pretrained", "train_data", "out", "workers", "device", "threads", "keep", "log_every",
-                  "save_every", "eval_dataset", "eval_every", "eval_templates", "stop_after", "resume", "overwrite"}
+                  "save_every", "eval_dataset", "eval_every", "eval_templates", "stop_after", "resume", "overwrite",
+                  "decoder", "compile"}
 
 
 def merge_for_resume(stored: dict[str, Any], given: TrainConfig) -> TrainConfig:
@@ -110,6 +113,10 @@ def validate(c: TrainConfig) -> None:
         raise ReactError(f"--batch-size must be at least 2 (a contrastive batch needs negatives), got {c.batch_size}")
     if c.augment not in AUGMENTATIONS:
         raise ReactError(f"unknown --augment {c.augment!r} (choose from {', '.join(AUGMENTATIONS)})")
+    from customize.gpu_batch import DECODERS
+
+    if c.decoder not in DECODERS:
+        raise ReactError(f"unknown --decoder {c.decoder!r} (choose from {', '.join(DECODERS)})")
     if c.precision not in PRECISIONS:
         raise ReactError(f"unknown --precision {c.precision!r} (choose from {', '.join(PRECISIONS)})")
     if c.gated_layers is not None and c.mode != "gated-image":

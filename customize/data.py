@@ -26,13 +26,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from customize.constants import AUGMENTATIONS, DEFAULT_AUGMENT  # noqa: F401  (re-exported)
 from react.errors import ReactError
+from react.images import load_rgb, read_span
 from react.loading import LoadFailure, guarded
 from react.schemas import SHARD_SIZES_FILE
-from react.shards import TarMember, load_shard_image, scan_tar
+from react.shards import TarMember, scan_tar
 
 INDEX_FORMAT = 1
 
@@ -220,9 +221,30 @@ def seeded(seed: int) -> Iterator[None]:
         np.random.set_state(states[2])
 
 
+@dataclass
+class Skipped:
+    """A pair whose image no decoder could read: counted, named, left out."""
+
+    index: int
+    key: str
+    reason: str
+
+
+@dataclass
+class RawItem:
+    """What a worker hands the batched decoder (customize.gpu_batch): the image's
+    bytes (``gpu``) or its decoded uint8 [3, H, W] (``cpu``), and its crop/flip."""
+
+    index: int
+    data: bytes | None
+    image: torch.Tensor | None
+    params: list[float]
+
+
 class PairImages(Dataset):
-    """Item ``(index, epoch)`` -> ``(image tensor, index)``; decode errors come
-    back as a LoadFailure naming the shard member (react.loading)."""
+    """Item ``(index, epoch)`` -> ``(image tensor, index)``, or a Skipped naming
+    the pair when its image does not decode; a shard that cannot be read comes
+    back as a LoadFailure (react.loading), an error."""
 
     def __init__(self, index: ShardIndex, transform: Callable[[Any], torch.Tensor], seed: int) -> None:
         self.index = index
@@ -232,15 +254,91 @@ class PairImages(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int] | LoadFailure:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int] | Skipped | LoadFailure:
         i, epoch = item
+        member = self.index.image(i)
 
-        def load() -> tuple[torch.Tensor, int]:
-            image = load_shard_image(self.index.image(i))
+        def load() -> tuple[torch.Tensor, int] | Skipped:
+            data = read_span(member.tar, member.offset, member.size)
+            try:
+                image = load_rgb(data, name=f"{member.tar}:{member.name}")
+            except ReactError as exc:
+                return Skipped(i, self.index.keys[i], str(exc))
             with seeded(sample_seed(self.seed, epoch, i)):
                 return self.transform(image), i
 
         return guarded(load)
+
+
+class PairBytes(PairImages):
+    """Item ``(index, epoch)`` -> RawItem for ``--decoder gpu`` (bytes; the size
+    from the header) or ``cpu`` (decoded here); crop and flip drawn from the
+    same per-sample seed as PairImages."""
+
+    def __init__(self, index: ShardIndex, spec: Any, seed: int, decode: bool) -> None:
+        super().__init__(index, lambda image: image, seed)
+        self.spec, self.decode = spec, decode
+
+    def __getitem__(self, item: tuple[int, int]) -> RawItem | Skipped | LoadFailure:
+        from customize.gpu_batch import cpu_decode, draw_params, image_size
+
+        i, epoch = item
+        member = self.index.image(i)
+
+        def load() -> RawItem | Skipped:
+            data = read_span(member.tar, member.offset, member.size)
+            try:
+                if self.decode:
+                    image = cpu_decode(data, f"{member.tar}:{member.name}")
+                    height, width = image.shape[1:]
+                else:
+                    image, (width, height) = None, image_size(data)
+            except ReactError as exc:
+                return Skipped(i, self.index.keys[i], str(exc))
+            params = draw_params(self.spec, sample_seed(self.seed, epoch, i), width, height)
+            return RawItem(i, None if self.decode else data, image, params)
+
+        return guarded(load)
+
+
+@dataclass
+class RawBatch:
+    indices: torch.Tensor
+    datas: list[bytes | None]
+    images: list[torch.Tensor | None]
+    params: torch.Tensor  # [B, 9] float64
+
+
+def collate_pairs(batch: list[Any]) -> tuple[Any, list[Skipped]] | LoadFailure:
+    """(the batch of the readable samples, the Skipped ones); a LoadFailure wins.
+    The batch is ``(images, indices)`` for PairImages, a RawBatch for PairBytes
+    (None when every sample was skipped)."""
+    for item in batch:
+        if isinstance(item, LoadFailure):
+            return item
+    skipped = [item for item in batch if isinstance(item, Skipped)]
+    good = [item for item in batch if not isinstance(item, Skipped)]
+    if not good:
+        return None, skipped
+    if isinstance(good[0], RawItem):
+        return RawBatch(torch.tensor([g.index for g in good]), [g.data for g in good], [g.image for g in good],
+                        torch.tensor([g.params for g in good], dtype=torch.float64)), skipped
+    return default_collate(good), skipped
+
+
+def fill_skipped(images: torch.Tensor | None, indices: torch.Tensor | None, skipped: list[Skipped],
+                 size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the batch ``size`` (equal shapes across processes and steps): each
+    skipped pair's place goes to a copy of the batch's first readable pair --
+    same image, same caption, so a positive of it, never a false negative."""
+    if images is None or not len(images):
+        keys = ", ".join(s.key for s in skipped[:5])
+        raise ReactError(f"no image of a whole batch could be decoded ({len(skipped)} pairs: {keys} ...)")
+    missing = size - len(images)
+    if missing <= 0:
+        return images, indices
+    return (torch.cat([images, images[:1].expand(missing, *images.shape[1:])]),
+            torch.cat([indices, indices[:1].expand(missing)]))
 
 
 class StepBatches(Sampler[list[tuple[int, int]]]):

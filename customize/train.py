@@ -23,14 +23,15 @@ from torch.utils.data import DataLoader
 
 from customize import checkpoint as ckpt
 from customize.config import Plan, TrainConfig, check_split, merge_for_resume, plan, validate
-from customize.data import PairImages, StepBatches, index_shards, read_sizes, train_transform
+from customize.data import (PairBytes, PairImages, RawBatch, Skipped, StepBatches, collate_pairs, fill_skipped,
+                            index_shards, read_sizes, train_transform)
 from customize.gated import gate_values, insert_gated_blocks
 from customize.log import RunLog, gate_summary
 from customize.loss import gather, react_loss
 from customize.modes import apply_mode, set_train_mode, text_frozen, uses_gated_blocks
 from customize.schedule import build_optimizer, build_scheduler
 from react.errors import ReactError
-from react.loading import check_batch, collate
+from react.loading import check_batch
 from react.models import LoadedModel, load_model
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on tau
@@ -220,15 +221,29 @@ def train(c: TrainConfig) -> dict[str, Any]:
         np.random.seed(c.seed)
 
     stop = p.steps if c.stop_after is None else min(p.steps, start + c.stop_after)
-    transform = train_transform(get_model_preprocess_cfg(accelerator.unwrap_model(model)), c.augment,
-                                base.preprocess)
+    from customize import gpu_batch
+
+    preprocess_cfg = get_model_preprocess_cfg(accelerator.unwrap_model(model))
+    spec = gpu_batch.train_spec(preprocess_cfg, c.augment, base.preprocess)
+    decoder, why = gpu_batch.resolve_decoder(c.decoder, accelerator.device, spec)
+    if decoder == "pil":
+        dataset = PairImages(index, train_transform(preprocess_cfg, c.augment, base.preprocess), c.seed)
+    else:
+        dataset = PairBytes(index, spec, c.seed, decode=decoder == "cpu")
     workers = c.workers if c.workers is not None else (0 if accelerator.device.type == "cpu" else 6)
     sampler = StepBatches(len(index), p.batch_size, c.seed, start, stop, accelerator.process_index,
                           accelerator.num_processes)
     # Its own generator: creating the iterator must not draw from the global RNG.
-    loader = DataLoader(PairImages(index, transform, c.seed), batch_sampler=sampler, num_workers=workers,
-                        collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_pairs,
+                        pin_memory=accelerator.device.type == "cuda" and decoder == "pil",
+                        prefetch_factor=4 if workers else None, persistent_workers=False,
                         generator=torch.Generator().manual_seed(c.seed))
+    visual_tower = getattr(accelerator.unwrap_model(model), "visual", None)
+    compiled = False
+    if visual_tower is not None and (c.compile if c.compile is not None else accelerator.device.type == "cuda"):
+        from customize.speed import compile_module
+
+        compiled = compile_module(visual_tower)
     eval_set = None
     if c.eval_dataset:
         from downstream.datasets import build_classification_dataset
@@ -244,22 +259,51 @@ def train(c: TrainConfig) -> dict[str, Any]:
               f"{len(index):,} pairs, batch {p.batch_size}, steps {start}->{stop} of {p.steps}, "
               f"text {'cached' if cached is not None else 'encoded per step'}, {accelerator.device}, "
               f"precision {accelerator.mixed_precision}")
+    log.print(gpu_batch.describe(decoder, why) + (", image tower compiled" if compiled else ""))
     from react.progress import progress
 
     bar = progress() if main else None
     task = bar.add_task("customizing", total=p.steps, completed=start, unit="step") if bar else None
     losses: list[float] = []
+    skipped_total: list[str] = []
+    share = p.batch_size // accelerator.num_processes
     window_start, window_steps, loss = time.perf_counter(), 0, None
     step = start
     with bar or contextlib.nullcontext():
         for batch in loader:
-            images, idx = check_batch(batch)
+            payload, skipped = check_batch(batch)
+            if isinstance(payload, RawBatch):
+                keys = [index.keys[i] for i in payload.indices.tolist()]
+                where = [str(index.root / k) for k in keys]
+                images, keep, failed = gpu_batch.to_device_batch(payload.datas, payload.images, payload.params,
+                                                                 where, spec, accelerator.device)
+                skipped += [Skipped(int(payload.indices[i]), keys[i], reason) for i, reason in failed]
+                idx = payload.indices[keep]
+            else:
+                images, idx = payload if payload is not None else (None, None)
+            for s in skipped:
+                log.print(f"skipped unreadable image {s.key} (step {step + 1}): {s.reason}")
+                skipped_total.append(s.key)
+            images, idx = fill_skipped(images, idx, skipped, share)
             images = images.to(accelerator.device, non_blocking=True)
             tokens = None if cached is not None else base.tokenizer([index.captions[i] for i in idx.tolist()])
             if tokens is not None:
                 tokens = tokens.to(accelerator.device)
             text = cached.lookup(idx, accelerator.device) if cached is not None else None
-            loss = loss_and_backward(accelerator, model, images, tokens, text, c.gamma, c.accum_steps, text_trains)
+            try:
+                loss = loss_and_backward(accelerator, model, images, tokens, text, c.gamma, c.accum_steps,
+                                         text_trains)
+            except Exception as exc:  # torch.compile failing on its first call: run eager from here on
+                from customize.speed import compile_failed, uncompile
+
+                if not (compiled and step == start and compile_failed(exc)):
+                    raise
+                uncompile(visual_tower)
+                compiled = False
+                optimizer.zero_grad(set_to_none=True)
+                log.print(f"torch.compile failed ({exc.__class__.__name__}); running eagerly")
+                loss = loss_and_backward(accelerator, model, images, tokens, text, c.gamma, c.accum_steps,
+                                         text_trains)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -279,6 +323,8 @@ def train(c: TrainConfig) -> dict[str, Any]:
                           "samples_per_s": round(window_steps * p.batch_size / max(elapsed, 1e-9), 2),
                           "logit_scale": round(float(unwrapped.logit_scale.exp()), 4),
                           "gates": gate_values(unwrapped)}
+                if skipped_total:
+                    record["skipped"] = len(skipped_total)
                 log.write(record)
                 window_start, window_steps = time.perf_counter(), 0
             if eval_set is not None and c.eval_every and (step % c.eval_every == 0 or step == stop) and main:
@@ -297,7 +343,11 @@ def train(c: TrainConfig) -> dict[str, Any]:
     gates = gate_values(unwrapped)
     if main and gates:
         log.print(f"gates tanh(alpha) attn/mlp: {gate_summary(gates)}")
+    if main and skipped_total:
+        log.print(f"{len(skipped_total)} unreadable image(s) skipped: {', '.join(skipped_total[:10])}"
+                  + (" ..." if len(skipped_total) > 10 else ""))
     return {"run_dir": str(run_dir), "step": step, "steps": p.steps, "finished": step >= p.steps,
+            "skipped": skipped_total, "decoder": decoder, "compiled": compiled,
             "loss": round(float(np.mean(losses[-20:])), 5) if losses else None, "gates": gates}
 
 
