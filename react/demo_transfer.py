@@ -1,12 +1,14 @@
 """The demo's transfer stage: every ``react eval`` task for the base and the
 customized model, then ``react report`` over everything the demo measured.
 
-A result is reused only for the same weights (their digest is recorded beside
-the results, ``evaluate``; the other demo stages use it too), so a second demo
-only rewrites the report.
+A result is reused only for the same weights, task, dataset content and eval
+options (recorded beside the results, ``evaluate``; the other demo stages use
+it too), so a second demo only rewrites the report, and a changed option or
+dataset is measured again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,7 +27,7 @@ TASKS: dict[str, list[str]] = {
 HEADLINE = {"linear-probe": "top1", "retrieval": "image_to_text_R@1", "detection": "AP50", "segmentation": "mIoU"}
 
 
-INPUTS_FILE = ".measured.json"  # result file name -> identity of the weights it measured
+INPUTS_FILE = ".measured.json"  # result file name -> the key (weights, task, dataset, options) it measured
 
 
 def model_identity(model: Path) -> str:
@@ -40,20 +42,37 @@ def model_identity(model: Path) -> str:
     return file_digest(last[1] / WEIGHTS) if last else ""
 
 
+def dataset_identity(dataset: Path) -> str:
+    """Digest of what ``--dataset`` holds: a file's bytes, or a corpus directory's
+    top-level files (parquet parts, class and template lists, manifest). Subfolders
+    are left out: images are covered by the parts' per-image sha256, and the scenes
+    an eval caches there would otherwise change the key after its first run."""
+    if dataset.is_file():
+        return file_digest(dataset)
+    if not dataset.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    for path in sorted(dataset.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            digest.update(f"{path.name}\0{file_digest(path)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def evaluate(step: Callable[[str, list[str]], None], result: Path, task: str, model: Path, corpus: Path,
              extra: Sequence[str] = ()) -> Path:
-    """``react eval TASK`` of ``model`` into ``result``, unless that file
-    already measured these very weights."""
+    """``react eval TASK`` of ``model`` into ``result``, unless that file already
+    measured these very weights on this dataset with these options."""
     inputs = result.parent / INPUTS_FILE
     try:
         measured = json.loads(inputs.read_text())
     except (OSError, ValueError):
         measured = {}
-    identity = model_identity(model)
-    if not (identity and result.is_file() and measured.get(result.name) == identity):
+    weights = model_identity(model)
+    key = {"weights": weights, "task": task, "dataset": dataset_identity(corpus), "options": list(extra)}
+    if not (weights and key["dataset"] and result.is_file() and measured.get(result.name) == key):
         step(f"eval {task} {result.stem.removesuffix('_' + task)}", ["eval", task, "--model", str(model), "--dataset", str(corpus),
                                            "--out", str(result), *extra])
-        measured[result.name] = identity
+        measured[result.name] = key
         write_text(inputs, json.dumps(measured, indent=1) + "\n")
     return result
 

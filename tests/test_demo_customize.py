@@ -66,3 +66,42 @@ def test_run_state_reuses_only_finished_runs_with_the_same_command_base_and_data
         assert _run_state(tmp_path / "done", key | change) == "new"
     # shards without a download manifest are never trusted
     assert _run_state(tmp_path / "done", key | {"data": None}) == "new"
+
+
+def test_eval_result_is_reused_only_for_the_same_weights_task_dataset_and_options(tmp_path):
+    """issue 16: a changed eval option or dataset used to get the old figure back."""
+    from react.demo_transfer import evaluate
+    from react.models import WEIGHTS_FILE
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / WEIGHTS_FILE).write_bytes(b"weights v1")
+    corpus = _corpus(tmp_path / "corpus", 5)
+    (corpus / "downstream_classes.txt").write_text("cat\ndog\n")
+    ran: list[list[str]] = []
+
+    def step(name: str, argv: list[str]) -> None:
+        ran.append(argv)
+        Path(argv[argv.index("--out") + 1]).write_text("{}")
+
+    result = tmp_path / "results" / "base_linear-probe.json"
+    result.parent.mkdir()
+
+    def runs(task: str = "linear-probe", extra: tuple[str, ...] = ("--shots", "5"), dataset: Path = corpus) -> int:
+        before = len(ran)
+        evaluate(step, result, task, model, dataset, extra)
+        return len(ran) - before
+
+    assert runs() == 1
+    assert runs() == 0  # nothing changed: reused
+    assert runs(extra=("--shots", "20")) == 1  # another eval option
+    assert runs(extra=("--shots", "20")) == 0
+    assert runs(task="zeroshot", extra=("--shots", "20")) == 1  # another task into the same file
+    assert runs(extra=("--shots", "20")) == 1
+    (corpus / "downstream_classes.txt").write_text("cat\ndog\nbird\n")  # the dataset changed in place
+    assert runs(extra=("--shots", "20")) == 1
+    other = _corpus(tmp_path / "other", 7)  # another dataset
+    assert runs(extra=("--shots", "20"), dataset=other) == 1
+    (model / WEIGHTS_FILE).write_bytes(b"weights v2")  # other weights
+    assert runs(extra=("--shots", "20"), dataset=other) == 1
+    assert runs(extra=("--shots", "20"), dataset=other) == 0
