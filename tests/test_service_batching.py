@@ -15,6 +15,7 @@ import pytest
 from retrieval_service.app import create_app
 from retrieval_service.batcher import Batchers, MicroBatcher
 from retrieval_service.config import ServiceConfig
+from retrieval_service.metrics import Metrics
 from service_fixtures import CLASSES, TEMPLATES, LiveServer, build_task_index
 
 
@@ -71,32 +72,42 @@ def test_one_bad_query_fails_only_its_own_request():
 
 
 def test_worker_waits_only_for_announced_requests():
-    b = Batchers(max_batch=8, max_wait_s=0.2, threads=0)
+    """No wall-clock bound (a loaded 2-core machine misses any): max_wait is an hour, so a worker
+    that waited for anything but an announced request would not answer at all; the property checked
+    is the batches formed, read from the service's own batch-size metric."""
+    metrics = Metrics()
+    b = Batchers(max_batch=8, max_wait_s=3600.0, on_batch=metrics.observe_batch, threads=0)
+
+    def search_batches() -> tuple[float, float]:
+        """(batched calls, queries in them) of the search worker so far."""
+        get = metrics.registry.get_sample_value
+        labels = {"batcher": "search"}
+        return get("react_batch_size_count", labels) or 0.0, get("react_batch_size_sum", labels) or 0.0
+
     try:
-        # Nobody announced: a lone query is answered at once, not after max_wait.
-        started = time.perf_counter()
-        assert b.search.run("k", lambda items: items, "x") == "x"
-        assert time.perf_counter() - started < 0.15
-        # Two announced requests: the first one's batch waits for the second (within max_wait).
+        # Nobody announced: a lone query is answered at once, in a batch of its own. (The timeout
+        # only keeps a broken worker from hanging the suite; a waiting one would take an hour.)
+        assert b.search.submit("k", lambda items: items, "x").result(timeout=60) == "x"
+        assert search_batches() == (1.0, 1.0)
+        # Two announced requests: whichever queues first waits for the other, so one batch holds both.
         seen: list[list[str]] = []
         results: dict[str, str] = {}
+        announced = {name: threading.Event() for name in "ab"}
 
-        def request(name: str, delay: float, announced: threading.Event) -> None:
+        def request(name: str, other: str) -> None:
             with b.expect():
                 b.release_encode()
-                announced.set()
-                time.sleep(delay)
-                results[name] = b.search.run("k", lambda items: seen.append(list(items)) or items, name)
+                announced[name].set()
+                announced[other].wait(60)  # both are inside the service before either queues
+                results[name] = b.search.run("k", lambda items: seen.append(sorted(items)) or items, name)
 
-        events = [threading.Event(), threading.Event()]
-        threads = [threading.Thread(target=request, args=("a", 0.0, events[0])),
-                   threading.Thread(target=request, args=("b", 0.05, events[1]))]
-        threads[1].start()
-        events[1].wait(5)
-        threads[0].start()
+        threads = [threading.Thread(target=request, args=("a", "b")), threading.Thread(target=request, args=("b", "a"))]
         for t in threads:
-            t.join(5)
+            t.start()
+        for t in threads:
+            t.join(60)
         assert results == {"a": "a", "b": "b"} and seen == [["a", "b"]]
+        assert search_batches() == (2.0, 3.0)  # one more call, two more queries
         assert b.search._expected == 0 and b.encode._expected == 0  # every announcement was settled
     finally:
         b.close()
