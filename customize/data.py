@@ -292,7 +292,7 @@ class PairBytes(PairImages):
                     image = cpu_decode(data, f"{member.tar}:{member.name}")
                     height, width = image.shape[1:]
                 else:
-                    image, (width, height) = None, image_size(data)
+                    image, (width, height) = None, image_size(data, f"{member.tar}:{member.name}")
             except ReactError as exc:
                 return Skipped(i, self.index.keys[i], str(exc))
             params = draw_params(self.spec, sample_seed(self.seed, epoch, i), width, height)

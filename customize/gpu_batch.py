@@ -132,15 +132,15 @@ def is_jpeg(data: bytes | memoryview) -> bool:
     return bytes(data[:3]) == JPEG_MAGIC
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the header only; raises ReactError when unreadable."""
+def image_size(data: bytes, name: str) -> tuple[int, int]:
+    """(width, height) from the header only; a ReactError names ``name`` when unreadable."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ReactError(f"unreadable image header ({exc.__class__.__name__})") from None
+        raise ReactError(f"corrupt or unreadable image: {name} ({exc.__class__.__name__})") from None
 
 
 def pil_decode(data: bytes, name: str) -> torch.Tensor:

@@ -21,7 +21,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--pretrained", default=None, metavar="TAG|PATH", help="open_clip pretrained tag or checkpoint")
     embed.add_argument("--out", type=Path, required=True, metavar="EMB_DIR", help="output embedding folder")
     embed.add_argument("--part-size", type=int, default=100_000, metavar="N", help="rows per part (default: 100000)")
-    embed.add_argument("--batch-size", type=int, default=256, metavar="B", help="images per batch (default: 256)")
+    embed.add_argument("--batch-size", type=int, default=None, metavar="B",
+                       help="images per batch (default: 256 on CPU, 1024 on a GPU)")
+    embed.add_argument("--decoder", default="auto", choices=("auto", "gpu", "cpu", "pil"),
+                       help="image decoding: gpu = nvjpeg + batched resize/crop/normalize on the GPU, cpu = "
+                            "libjpeg-turbo in the workers + batched resize, pil = PIL per image; auto = gpu on CUDA, "
+                            "else pil (printed)")
     embed.add_argument("--workers", type=int, default=None, metavar="W",
                        help="image-decoding worker processes (default: 0 on CPU, min(8, cpus) on CUDA)")
     embed.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -141,7 +146,7 @@ def _embed(args: argparse.Namespace) -> int:
     from react.progress import console
 
     result = embed_corpus(args.corpus, args.model, args.out, pretrained=args.pretrained, part_size=args.part_size,
-                          batch_size=args.batch_size, workers=args.workers, device=args.device,
+                          batch_size=args.batch_size, workers=args.workers, decoder=args.decoder, device=args.device,
                           resume=args.resume, overwrite=args.overwrite)
     console.print(f"embedded {len(result['embedded'])} part(s), kept {len(result['skipped'])}: "
                   f"{result['count']} pairs, dim {result['dim']}, model {result['model']}")

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -57,10 +58,10 @@ from index.embed_check import (  # noqa: F401  (check_embeddings, EMBED_JSON: re
 )
 from index.readers import Corpus, ImageSource, read_corpus
 from react.errors import ReactError
-from react.images import load_rgb
+from react.images import load_rgb, read_span
 from react.loading import LoadFailure, check_batch, collate, guarded
 from react.schemas import atomic_path, img_emb_path, metadata_path, text_emb_path, write_text
-from react.shards import load_shard_image
+from react.shards import InlineImage, load_shard_image
 
 DEFAULT_PART_SIZE = 100_000
 
@@ -83,6 +84,75 @@ class _Images(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor | LoadFailure:
         return guarded(lambda: self.preprocess(load_source(self.sources[index])))
+
+
+def source_bytes(source: ImageSource) -> tuple[bytes, str]:
+    """(the image's bytes, its name for errors), read without decoding."""
+    if isinstance(source, str):
+        try:
+            return Path(source).read_bytes(), source
+        except FileNotFoundError:
+            raise ReactError(f"image not found: {source}") from None
+        except OSError as exc:
+            raise ReactError(f"cannot read {source}: {exc.__class__.__name__}") from None
+    if isinstance(source, InlineImage):
+        return source.data, source.name
+    return read_span(source.tar, source.offset, source.size), f"{source.tar}:{source.name}"
+
+
+class _RawImages(_Images):
+    """For the batched decoders (customize.gpu_batch): bytes (``gpu``) or the
+    decoded uint8 image (``cpu``), with the eval crop's parameters."""
+
+    def __init__(self, sources: Sequence[ImageSource], spec: Any, decode: bool) -> None:
+        super().__init__(sources, lambda image: image)
+        self.spec, self.decode = spec, decode
+
+    def __getitem__(self, index: int) -> tuple | LoadFailure:
+        from customize.gpu_batch import cpu_decode, draw_params, image_size
+
+        def load() -> tuple:
+            data, name = source_bytes(self.sources[index])
+            if self.decode:
+                image = cpu_decode(data, name)
+                height, width = image.shape[1:]
+            else:
+                image, (width, height) = None, image_size(data, name)
+            return None if self.decode else data, image, name, draw_params(self.spec, None, width, height)
+
+        return guarded(load)
+
+
+def _collate_raw(batch: list) -> tuple | LoadFailure:
+    for item in batch:
+        if isinstance(item, LoadFailure):
+            return item
+    datas, images, names, params = zip(*batch)
+    return list(datas), list(images), list(names), torch.tensor(params, dtype=torch.float64)
+
+
+def _image_batches(sources: Sequence[ImageSource], loaded: Any, batch_size: int, workers: int,
+                   decoder: str, spec: Any):
+    """Preprocessed image batches on the model's device, in input order; an
+    unreadable image is an error naming it (rows must stay aligned)."""
+    cuda = loaded.device.type == "cuda"
+    if decoder == "pil":
+        loader = DataLoader(_Images(sources, loaded.preprocess), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, collate_fn=collate, pin_memory=cuda, persistent_workers=False,
+                            prefetch_factor=4 if workers else None)
+        for batch in map(check_batch, loader):
+            yield batch.to(loaded.device, non_blocking=True)
+        return
+    from customize.gpu_batch import to_device_batch
+
+    loader = DataLoader(_RawImages(sources, spec, decode=decoder == "cpu"), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=_collate_raw, persistent_workers=False,
+                        prefetch_factor=4 if workers else None)
+    for datas, images, names, params in map(check_batch, loader):
+        batch, _, failed = to_device_batch(datas, images, params, names, spec, loaded.device)
+        if failed:
+            raise ReactError(failed[0][1])
+        yield batch
 
 
 # --- distribution ------------------------------------------------------------------------
@@ -138,8 +208,9 @@ def embed_corpus(
     *,
     pretrained: str | None = None,
     part_size: int = DEFAULT_PART_SIZE,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     workers: int | None = None,
+    decoder: str = "auto",
     device: str | torch.device | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -154,7 +225,7 @@ def embed_corpus(
 
     if part_size < 1:
         raise ReactError(f"--part-size must be >= 1, got {part_size}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ReactError(f"--batch-size must be >= 1, got {batch_size}")
     if resume and overwrite:
         raise ReactError("--resume and --overwrite exclude each other")
@@ -218,23 +289,40 @@ def embed_corpus(
         todo.append(part)
 
     n_workers = resolve_workers(workers, loaded.device)
-    with progress() as bar:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from customize.gpu_batch import describe, eval_spec, resolve_decoder
+
+    spec = eval_spec(loaded.preprocess)
+    chosen, why = resolve_decoder(decoder, loaded.device, spec)
+    if batch_size is None:  # large batches keep a GPU busy; the CPU default is unchanged
+        batch_size = 1024 if loaded.device.type == "cuda" else 256
+    if rank == 0 and todo:
+        print(describe(chosen, why) + f", batch {batch_size}", file=sys.stderr)
+    # Parts are written by a background thread (one at a time, waited for before the
+    # next is handed over), so writing a part overlaps embedding the next.
+    writer, pending = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-writer"), None
+    with writer, progress() as bar:
         task = bar.add_task("embedding", total=sum(min(n, (p + 1) * part_size) - p * part_size for p in todo),
                             unit="img")
         for part in todo:
             lo, hi = part * part_size, min(n, (part + 1) * part_size)
-            loader = DataLoader(_Images(data.images[lo:hi], loaded.preprocess), batch_size=batch_size,
-                                shuffle=False, num_workers=n_workers, collate_fn=collate,
-                                pin_memory=loaded.device.type == "cuda", persistent_workers=False)
             img_chunks = []
-            for batch in map(check_batch, loader):
-                img_chunks.append(loaded.encode_images(batch).numpy().astype(np.float16))
+            for batch in _image_batches(data.images[lo:hi], loaded, batch_size, n_workers, chosen, spec):
+                # features stay on the device (no sync per batch); fp16 as written
+                img_chunks.append(loaded.encode_images(batch, cpu=False).half())
                 bar.advance(task, len(batch))
-            img = np.concatenate(img_chunks) if img_chunks else np.zeros((0, loaded.embed_dim), np.float16)
+            img = (torch.cat(img_chunks).cpu().numpy() if img_chunks
+                   else np.zeros((0, loaded.embed_dim), np.float16))
             txt = loaded.encode_texts(captions[lo:hi], batch_size=batch_size).numpy().astype(np.float16)
             if img.shape[1] != txt.shape[1]:
                 raise ReactError(f"model {loaded.name}: image dim {img.shape[1]} != text dim {txt.shape[1]}")
-            _write_part(root, part, img, txt, data.metadata.slice(lo, hi - lo), keys[lo:hi])
+            if pending is not None:
+                pending.result()  # the previous part is on disk (or its error raised here)
+            pending = writer.submit(_write_part, root, part, img, txt, data.metadata.slice(lo, hi - lo),
+                                    keys[lo:hi])
+        if pending is not None:
+            pending.result()
 
     if launched:
         barrier(world, cpu)  # every process has written its parts (or failed, and the launch with it)

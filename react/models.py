@@ -65,11 +65,13 @@ class LoadedModel:
         return torch.autocast("cpu", enabled=False)
 
     @torch.inference_mode()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Preprocessed image batch -> L2-normalized float32 features on CPU."""
+    def encode_images(self, images: torch.Tensor, cpu: bool = True) -> torch.Tensor:
+        """Preprocessed image batch -> L2-normalized float32 features on CPU
+        (``cpu=False``: left on the model's device, no synchronization)."""
         with self._autocast():
             feats = self.model.encode_image(images.to(self.device, non_blocking=True))
-        return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
+        feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        return feats.cpu() if cpu else feats
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:

@@ -241,3 +241,35 @@ def test_compile_failure_falls_back_to_eager(tiny_model_dir, photo_shards, tmp_p
     b = train(_config(tiny_model_dir, photo_shards, tmp_path / "b", decoder="pil", compile=False))
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_embed_batched_decoder_and_background_writer(tiny_model, tmp_path):
+    """react embed: the pil decoder with parts written from a background thread
+    gives the rows of a part-by-part reference; the batched (cpu) decoder gives
+    the same rows within the resize tolerance (fp16 output); a corrupt image is
+    still an error naming it (an embedding row cannot be skipped: rows align)."""
+    from index.embed import check_embeddings, embed_corpus, load_source
+    from index.readers import read_corpus
+    from react.schemas import img_emb_path
+
+    images = [("png" if i == 2 else "jpg", _photo(i, "PNG" if i == 2 else "JPEG")) for i in range(7)]
+    shards = _write(tmp_path / "shards", images, per_shard=4)
+    (shards / "sizes.json").unlink()
+    corpus = read_corpus(shards)
+    ref = torch.stack([tiny_model.preprocess(load_source(s)) for s in corpus.images])
+    chunks = [ref[lo : min(lo + 2, part + 3)] for part in range(0, 7, 3) for lo in range(part, min(7, part + 3), 2)]
+    want = np.concatenate([tiny_model.encode_images(c).numpy() for c in chunks])
+    want = want.astype(np.float16)  # batches of 2 within parts of 3, as react embed runs them
+    rows = {}
+    for decoder in ("pil", "cpu"):
+        out = tmp_path / decoder
+        embed_corpus(corpus, tiny_model, out, part_size=3, batch_size=2, decoder=decoder)
+        assert check_embeddings(out)["rows_per_part"] == [3, 3, 1]
+        rows[decoder] = np.concatenate([np.load(img_emb_path(out, i)) for i in range(3)])
+    assert np.array_equal(rows["pil"], want)
+    np.testing.assert_allclose(rows["cpu"].astype(np.float32), want.astype(np.float32), atol=2e-2)
+    bad = _write(tmp_path / "bad", images[:3] + [("jpg", b"\xff\xd8\xff garbage")], per_shard=4)
+    (bad / "sizes.json").unlink()
+    for decoder in ("pil", "cpu"):
+        with pytest.raises(ReactError, match=r"00000\.tar:000000003\.jpg"):
+            embed_corpus(bad, tiny_model, tmp_path / f"bad-{decoder}", part_size=3, decoder=decoder)
