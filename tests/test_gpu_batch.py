@@ -273,3 +273,20 @@ def test_embed_batched_decoder_and_background_writer(tiny_model, tmp_path):
     for decoder in ("pil", "cpu"):
         with pytest.raises(ReactError, match=r"00000\.tar:000000003\.jpg"):
             embed_corpus(bad, tiny_model, tmp_path / f"bad-{decoder}", part_size=3, decoder=decoder)
+
+
+def test_gpu_pipeline_benchmark_plumbing(tmp_path, capsys):
+    """benchmarks/gpu_pipeline.py: refuses without CUDA in one line; --dry-run runs
+    every measurement on a tiny model and writes the JSON."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.gpu_pipeline import main
+
+    if not torch.cuda.is_available():
+        assert main([]) == 2 and "needs a CUDA device" in capsys.readouterr().err
+    out = tmp_path / "report.json"
+    assert main(["--dry-run", "--work", str(tmp_path / "work"), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["samples"] == 32 and all(report[k] > 0 for k in ("customize", "model_only", "embed", "decode"))
+    assert set(report["ratios"]) == {"customize/train_bench", "embed/model_only", "embed/decode"}
