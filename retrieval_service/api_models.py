@@ -2,30 +2,170 @@
 
 Unknown fields are refused (a typo in an option must not be silently
 ignored); the clip-retrieval compatibility endpoint has its own, lenient
-model in ``compat.py``. Limits that the operator configures (k, text length,
-class count) are checked in the handlers, which know the configuration."""
+model in ``compat.py``. The request models state every limit the service
+enforces -- ranges, lengths, "exactly one of", the operator's configured
+maxima (``request_models(cfg)`` builds them per service) -- so the OpenAPI
+schema is the contract: a request it allows is answered 2xx unless the index
+or an image's content says otherwise, and one it forbids gets a 422 naming the
+field (tests/test_api_fuzz.py holds the service to that with schemathesis)."""
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+import math
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator, model_validator
 
 from retrieval_service.dedup import DEFAULT_DEDUP_THRESHOLD
+from retrieval_service.task import Limits
+
+# At least one character that is not whitespace as str.strip() sees it: the characters listed are exactly
+# those for which str.isspace() is true. Not \S: regex engines disagree on U+001C..U+001F (the fuzzer's
+# generator took "\x1e" for text, which strip() removes).
+TEXT_PATTERN = r"[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# One class-name placeholder ({}, {c}, {class} or {classname}) and no other brace (downstream/templates.py).
+TEMPLATE_PATTERN = r"^[^{}]*\{(?:c|class|classname)?\}[^{}]*$"
+EMBEDDING_MAX_ABS = 1e6  # a component beyond this is no embedding (and overflows float32 norms)
+EMBEDDING_MIN_ABS = 1e-6  # at least one component this large: the vector has a direction
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _json_integer(value):
+    """JSON Schema's integer: 5 and 5.0, but not true or "5" (pydantic's lax int takes both; its strict
+    int refuses 5.0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("Input should be a valid integer")
+    return value
 
 
-class SearchRequest(Strict):
-    """Exactly one of ``text``, ``image`` (base64) or ``embedding``."""
+def json_int(**constraints) -> type:
+    """An integer field as JSON Schema's: 5 or 5.0, not true or "5"; ``constraints`` (ge, le) sit on the
+    integer itself, so the OpenAPI schema states them as minimum/maximum."""
+    return Annotated[int, Strict(False), Field(**constraints), BeforeValidator(_json_integer)]
 
-    text: Optional[str] = None
-    image: Optional[str] = Field(None, description="base64 image bytes (a data: URL is accepted too)")
-    embedding: Optional[list[float]] = None
-    k: int = Field(10, description="results to return (clamped to the index size)")
-    modality: Literal["image", "text"] = Field("image", description="search the image index (T2I) or the text index")
-    index: Optional[str] = Field(None, description="index name (default: the first one served)")
+
+class StrictModel(BaseModel):
+    # strict: a JSON 0 is no boolean and false no integer (the schema says so; lax mode would accept them)
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re", strict=True)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": "..."}``; request validation adds ``detail``."""
+
+    error: str
+    detail: Optional[list[dict]] = None
+
+
+ERROR_DESCRIPTIONS = {
+    400: "malformed JSON, or a value the schema cannot state (an undecodable image, an embedding whose length "
+         "is not the named index's dimension, a modality the index lacks, classes x templates over the limit)",
+    401: "missing or invalid API key (only when the service runs with --api-key-file)",
+    403: "forbidden (image_url fetching disabled; a stored image path outside the corpus)",
+    404: "unknown index, job or row",
+    405: "method not allowed (the Allow header lists the allowed ones)",
+    409: "conflict: the index has no loadable model for text/image queries, a reload failed (the previous "
+         "index keeps serving), or a job's result is not ready",
+    410: "the job's result file is gone",
+    413: "request body, image or image size over the service's limits",
+    422: "the request does not match the schema (type, range, length, exactly-one-of)",
+    429: "too many queued or running jobs; retry later",
+    503: "the indices are still loading, or failed to load (the message says why)",
+    504: "an image_url did not answer in time",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: the error statuses it can answer, each an :class:`ErrorBody`."""
+    return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
+def _one_of(fields: dict[str, dict], exactly: bool) -> dict:
+    """JSON Schema for "exactly one" (oneOf) or "at least one" (anyOf) of ``fields`` present and not null."""
+    branches = [{"required": [name], "properties": {name: schema}} for name, schema in fields.items()]
+    return {"oneOf" if exactly else "anyOf": branches}
+
+
+def check_embedding(values: Optional[list[float]]) -> Optional[list[float]]:
+    if values is not None and not any(abs(v) >= EMBEDDING_MIN_ABS for v in values):
+        raise ValueError(f"all components are below {EMBEDDING_MIN_ABS:g} in magnitude (no direction)")
+    return values
+
+
+def embedding_field(dim: Optional[int], description: str, **kw):
+    """An embedding: finite bounded numbers, at least one not ~0; exactly ``dim`` of them when every
+    served index has that dimension."""
+    item = Field(ge=-EMBEDDING_MAX_ABS, le=EMBEDDING_MAX_ABS, allow_inf_nan=False)
+    extra = {"contains": {"anyOf": [{"minimum": EMBEDDING_MIN_ABS}, {"maximum": -EMBEDDING_MIN_ABS}]}}
+    if dim is None:
+        description += " (as many values as the named index's dimension)"
+    return (Optional[list[Annotated[float, item]]],
+            Field(None, min_length=dim or 1, max_length=dim, description=description, json_schema_extra=extra, **kw))
+
+
+def request_models(max_search_k: int = 1000, limits: Limits = Limits(), dim: Optional[int] = None,
+                   template_sets: tuple[str, ...] = ("imagenet", "simple", "classname")) -> SimpleNamespace:
+    """The request models with this service's limits: ``max_search_k`` (k of one search), ``limits``
+    (task retrieval and text length), ``dim`` (every index's dimension, None when they differ)."""
+    text_chars = limits.max_text_chars
+    emb_type, emb_field = embedding_field(dim, "a query vector in the index's embedding space")
+
+    class SearchRequest(StrictModel):
+        """Exactly one of ``text``, ``image`` (base64) or ``embedding``."""
+
+        model_config = ConfigDict(extra="forbid", regex_engine="python-re", strict=True, json_schema_extra=_one_of({
+            "text": {"type": "string"}, "image": {"type": "string"}, "embedding": {"type": "array"}}, exactly=True))
+
+        text: Optional[str] = Field(None, min_length=1, max_length=text_chars, pattern=TEXT_PATTERN)
+        image: Optional[str] = Field(None, min_length=1, description="base64 image bytes (a data: URL is accepted "
+                                     "too); must decode to an image within the size and pixel limits")
+        embedding: emb_type = emb_field
+        k: json_int(ge=1, le=max_search_k) = Field(10, description="results to return (clamped to the index size)")
+        modality: Literal["image", "text"] = Field("image", description="search the image index (T2I) or the "
+                                                   "text index")
+        index: Optional[str] = Field(None, description="index name (default: the first one served)")
+
+        _embedding = field_validator("embedding")(classmethod(lambda cls, v: check_embedding(v)))
+
+        @model_validator(mode="after")
+        def _exactly_one(self):
+            given = [f for f in ("text", "image", "embedding") if getattr(self, f) is not None]
+            if len(given) != 1:
+                raise ValueError(f"give exactly one of text, image, embedding (got {', '.join(given) or 'none'})")
+            return self
+
+    class RetrieveRequest(StrictModel):
+        classes: list[Annotated[str, Field(min_length=1, max_length=text_chars, pattern=TEXT_PATTERN)]] = Field(
+            ..., min_length=1, max_length=limits.max_classes,
+            description=f"the task's class names (repeats are merged; classes x templates at most "
+                        f"{limits.max_queries} queries)")
+        templates: Union[Literal[template_sets], Annotated[list[Annotated[str, Field(  # type: ignore[valid-type]
+            max_length=text_chars, pattern=TEMPLATE_PATTERN)]], Field(min_length=1, max_length=limits.max_templates)],
+            None] = Field(None, description="a named set or a list with one {} each; default imagenet")
+        k: json_int(ge=1, le=limits.max_k) = Field(50, description="results per query")
+        mode: Literal["t2i", "t2t", "both"] = "t2i"
+        index: Optional[str] = None
+        threshold: Optional[float] = Field(None, ge=-1.0, le=1.0, description="drop hits below this cosine "
+                                           "similarity")
+        dedup_threshold: Optional[float] = Field(DEFAULT_DEDUP_THRESHOLD, gt=0.0, le=1.0,
+                                                 description="collapse retrieved images at least this similar; "
+                                                             "null: off")
+        include_queries: bool = Field(True, description="list the queries that found each pair")
+        inline: bool = Field(False, description="answer small tasks in the response body instead of as a job")
+
+    return SimpleNamespace(SearchRequest=SearchRequest, RetrieveRequest=RetrieveRequest, dim=dim)
+
+
+_DEFAULT = request_models()
+SearchRequest = _DEFAULT.SearchRequest      # with the default limits (clients, docs); the app builds its own
+RetrieveRequest = _DEFAULT.RetrieveRequest
+
+
+class Ready(BaseModel):
+    ready: bool
+    indices: list[str]
+
+
+class Deleted(BaseModel):
+    deleted: str
 
 
 class SearchHit(BaseModel):
@@ -43,20 +183,6 @@ class SearchResponse(BaseModel):
     query: Literal["text", "image", "embedding"]
     k: int
     results: list[SearchHit]
-
-
-class RetrieveRequest(Strict):
-    classes: list[str] = Field(..., description="the task's class names")
-    templates: Union[str, list[str], None] = Field(
-        None, description="a named set (imagenet, simple, classname) or a list with one {} each; default imagenet")
-    k: int = Field(50, description="results per query")
-    mode: Literal["t2i", "t2t", "both"] = "t2i"
-    index: Optional[str] = None
-    threshold: Optional[float] = Field(None, description="drop hits below this cosine similarity")
-    dedup_threshold: Optional[float] = Field(DEFAULT_DEDUP_THRESHOLD,
-                                             description="collapse retrieved images at least this similar; null: off")
-    include_queries: bool = Field(True, description="list the queries that found each pair")
-    inline: bool = Field(False, description="answer small tasks in the response body instead of as a job")
 
 
 class JobInfo(BaseModel):

@@ -9,24 +9,27 @@ Routes: ``/v1/retrieve`` + ``/v1/jobs/...`` (task retrieval as jobs),
 ``/knn-service``, ``/indices-list``, ``/metadata`` (``compat.py``).
 Blocking work (encoding, search, Arrow, parquet) runs in the threadpool.
 """
-from __future__ import annotations
+# No `from __future__ import annotations`: the routes take request models built per service
+# (api_models.request_models), which FastAPI must see as objects, not as names to resolve.
 
 import asyncio
+import json
 import logging
 import signal
 import threading
 from contextlib import asynccontextmanager
-from typing import Optional
+from pathlib import Path
+from typing import Literal, Optional
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from react.errors import ReactError
-from retrieval_service.api_models import (IndexInfo, InlineResult, JobInfo, RetrieveRequest, SearchRequest,
-                                          SearchResponse)
+from retrieval_service.api_models import (Deleted, IndexInfo, InlineResult, JobInfo, Ready, SearchResponse, errors,
+                                          request_models)
 from retrieval_service.batcher import Batchers
 from retrieval_service.config import ServiceConfig
 from retrieval_service.errors import ServiceError
@@ -42,11 +45,34 @@ from retrieval_service.task import validate_spec
 log = logging.getLogger("react.serve")
 
 
-def _error(status: int, message: str, detail=None) -> JSONResponse:
+def _error(status: int, message: str, detail=None, headers: Optional[dict] = None) -> JSONResponse:
     body = {"error": message}
     if detail is not None:
         body["detail"] = detail
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _allowed_methods(app: FastAPI, path: str) -> str:
+    """The Allow header of a 405: every method some route serves at ``path`` (Starlette's own names
+    only the first matching route's)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(path):
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
+
+
+def common_dim(indices: dict[str, Path]) -> Optional[int]:
+    """The embedding dimension every index folder's index.json records, or None when they differ
+    (or one cannot be read yet): the request schema then leaves an embedding's length to the index."""
+    dims = set()
+    for path in indices.values():
+        try:
+            dims.add(int(json.loads((Path(path) / "index.json").read_text())["dim"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return dims.pop() if len(dims) == 1 else None
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, list]:
@@ -54,9 +80,14 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, list]:
     detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, "malformed JSON body", detail
-    first = errors[0] if errors else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return 422, f"{where}: {first.get('msg', 'invalid')}", detail
+    # A union (templates: a set name or a list) reports every branch: name the branch whose type matched.
+    informative = [e for e in errors if not str(e.get("type", "")).endswith("_type") and e.get("type") != "literal_error"]
+    first = (informative or errors or [{}])[0]
+    # pydantic names union branches in the location ("list[str]", "literal['a','b']"): not a field
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body" and not (isinstance(p, str) and "[" in p))
+    where = where or "body"
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")  # a model validator's own message
+    return 422, f"{where}: {msg}", detail
 
 
 def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
@@ -65,6 +96,10 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
                         cfg.batch_threads) if cfg.batching else None
     registry = IndexRegistry(cfg.indices, cfg.models, cfg.device, metrics, batchers)
     jobs = JobStore(cfg.state_dir, cfg.job_workers, cfg.max_active_jobs)
+    from downstream.templates import TEMPLATE_SETS
+
+    models = request_models(cfg.max_search_k, cfg.limits, common_dim(cfg.indices), tuple(TEMPLATE_SETS))
+    SearchRequest, RetrieveRequest = models.SearchRequest, models.RetrieveRequest
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -97,7 +132,10 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        return _error(exc.status_code, str(exc.detail))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(app, request.url.path)
+        return _error(exc.status_code, str(exc.detail), headers=headers or None)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):  # a bug: logged with its traceback, answered as JSON
@@ -109,24 +147,24 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=Ready, responses=errors(503))
     async def readyz():
         if registry.ready.is_set():
             return {"ready": True, "indices": registry.names()}
         return _error(503, registry.load_error or "indices are loading")
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=errors(401))
     async def metrics_endpoint() -> Response:
         for state in ("queued", "running", "done", "failed", "cancelled"):
             metrics.jobs.labels(state).set(jobs.counts().get(state, 0))
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     # --- indices --------------------------------------------------------------------------------
-    @app.get("/v1/indices", response_model=list[IndexInfo])
+    @app.get("/v1/indices", response_model=list[IndexInfo], responses=errors(401))
     async def indices() -> list[dict]:
         return [registry.get(name).info() for name in registry.names()]
 
-    @app.post("/v1/indices/{name}/reload", response_model=IndexInfo)
+    @app.post("/v1/indices/{name}/reload", response_model=IndexInfo, responses=errors(401, 404, 409, 413, 503))
     async def reload(name: str) -> dict:
         return (await run_in_threadpool(registry.reload, name)).info()
 
@@ -143,7 +181,8 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
         hits, _ = knn(idx, vec, req_k, modality, "text" if kind == "text" else "image", metrics)
         return {"index": idx.name, "modality": modality, "query": kind, "k": req_k, "results": hits}
 
-    @app.post("/v1/search", response_model=SearchResponse)
+    @app.post("/v1/search", response_model=SearchResponse,
+              responses=errors(400, 401, 404, 409, 413, 422, 503))
     async def search(req: SearchRequest) -> dict:
         given = [f for f in ("text", "image", "embedding") if getattr(req, f) is not None]
         if len(given) != 1:
@@ -158,8 +197,12 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
             batchers.release_encode()  # an image: the text encode worker need not wait for it
         return await run_in_threadpool(_search, idx, req.k, req.modality, req.text, raw, req.embedding)
 
-    @app.post("/v1/search/upload", response_model=SearchResponse)
-    async def search_upload(file: UploadFile = File(...), k: int = Form(10), modality: str = Form("image"),
+    @app.post("/v1/search/upload", response_model=SearchResponse,
+              responses=errors(400, 401, 404, 409, 413, 422, 503))
+    async def search_upload(file: UploadFile = File(..., description="the query image (within the size and pixel "
+                                                                       "limits)"),
+                            k: int = Form(10, ge=1, le=cfg.max_search_k),
+                            modality: Literal["image", "text"] = Form("image"),
                             index: Optional[str] = Form(None)) -> dict:
         idx = registry.get(index)
         raw = await file.read(cfg.max_image_bytes + 1)
@@ -183,7 +226,8 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
             info["result_url"] = f"/v1/jobs/{job.id}/subset.parquet"
         return info
 
-    @app.post("/v1/retrieve", status_code=202, responses={200: {"model": InlineResult}, 202: {"model": JobInfo}})
+    @app.post("/v1/retrieve", status_code=202, responses={200: {"model": InlineResult}, 202: {"model": JobInfo}}
+              | errors(400, 401, 404, 409, 413, 422, 429, 503))
     async def retrieve(req: RetrieveRequest):
         idx = registry.get(req.index)
         spec = _spec(req)
@@ -200,27 +244,30 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
         job = jobs.submit(request, work, spec.n_queries)
         return JSONResponse(_job_info(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
-    @app.get("/v1/jobs", response_model=list[JobInfo])
+    @app.get("/v1/jobs", response_model=list[JobInfo], responses=errors(401))
     async def list_jobs() -> list[dict]:
         return [_job_info(jobs.get(j["id"])) for j in jobs.list()]
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobInfo)
+    @app.get("/v1/jobs/{job_id}", response_model=JobInfo, responses=errors(401, 404))
     async def job_status(job_id: str) -> dict:
         return _job_info(jobs.get(job_id))
 
-    @app.get("/v1/jobs/{job_id}/subset.parquet")
+    @app.get("/v1/jobs/{job_id}/subset.parquet", response_class=Response, responses={
+        200: {"description": "the subset (img2dataset reads it as it is)",
+              "content": {"application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}}}},
+    } | errors(401, 404, 409, 410))
     async def job_result(job_id: str) -> FileResponse:
         path = check_result(jobs.get(job_id))
         return FileResponse(path, media_type="application/vnd.apache.parquet", filename="subset.parquet")
 
-    @app.delete("/v1/jobs/{job_id}")
+    @app.delete("/v1/jobs/{job_id}", response_model=Deleted, responses=errors(401, 404))
     async def delete_job(job_id: str) -> dict:
         await run_in_threadpool(jobs.delete, job_id)
         return {"deleted": job_id}
 
     from retrieval_service.compat import add_compat_routes
 
-    add_compat_routes(app, cfg, registry, metrics, batchers)
+    add_compat_routes(app, cfg, registry, metrics, batchers, models.dim)
     if batchers is not None:
         from retrieval_service.batched import Announce
 

@@ -39,7 +39,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from retrieval_service.api_models import IndexImages
+from retrieval_service.api_models import IndexImages, errors
 from retrieval_service.errors import ServiceError, not_found
 
 STATIC = Path(__file__).parent / "static"
@@ -203,14 +203,18 @@ def make_router() -> APIRouter:
     router = APIRouter()
     roots = _Roots()
 
-    @router.get("/v1/indices/{name}/images", response_model=IndexImages)
+    @router.get("/v1/indices/{name}/images", response_model=IndexImages, responses=errors(401, 404, 503))
     async def index_images(name: str, request: Request) -> dict:
         idx = request.app.state.registry.get(name)
         root = await run_in_threadpool(roots.get, idx)
         return {"index": idx.name, "local": root.local, "form": root.form, "reason": root.reason,
                 "image_url": f"/v1/indices/{idx.name}/rows/{{row}}/image" if root.local else None}
 
-    @router.get("/v1/indices/{name}/rows/{row}/image")
+    @router.get("/v1/indices/{name}/rows/{row}/image", response_class=Response, responses={
+        200: {"description": "the row's image from the local corpus",
+              "content": {media: {"schema": {"type": "string", "format": "binary"}}
+                          for media in sorted(set(IMAGE_TYPES.values()))}},
+    } | errors(401, 403, 404, 503))
     async def row_image(name: str, row: int, request: Request) -> Response:
         idx = request.app.state.registry.get(name)  # a dictionary key: 404 when unknown
         root = await run_in_threadpool(roots.get, idx)

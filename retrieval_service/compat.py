@@ -20,15 +20,16 @@ Bodies are JSON whatever their Content-Type says, as on clip-retrieval's
 back-end (Flask's ``get_json(force=True)``): its own ``ClipClient`` posts
 ``data=json.dumps(...)`` with no Content-Type at all (``JsonBodies``).
 """
-from __future__ import annotations
-
-from typing import Optional
+# No `from __future__ import annotations`: see app.py (request models built per service).
+import json
+from typing import Annotated, Literal, Optional, Union
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from retrieval_service.api_models import TEXT_PATTERN, json_int, _one_of, check_embedding, embedding_field, errors
 from retrieval_service.batcher import Batchers
 from retrieval_service.config import ServiceConfig
 from retrieval_service.errors import ServiceError
@@ -42,30 +43,64 @@ IGNORED_OPTIONS = {"use_safety_model": False, "use_violence_detector": False, "a
                    "aesthetic_weight": None, "use_mclip": False}
 
 
-class KnnRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown options: ignored with a warning, never an error
+def compat_models(max_k: int = 1000, text_chars: int = 500, dim: Optional[int] = None) -> tuple[type, type]:
+    """``KnnRequest`` and ``MetadataRequest`` stating this service's limits (see api_models.request_models)."""
+    emb_type, emb_field = embedding_field(dim, "a query vector in the index's embedding space")
 
-    text: Optional[str] = None
-    image: Optional[str] = None
-    image_url: Optional[str] = None
-    embedding_input: Optional[list[float]] = None
-    modality: str = "image"
-    num_images: int = Field(40, description="results returned")
-    num_result_ids: Optional[int] = Field(None, description="results searched (before deduplication)")
-    indice_name: Optional[str] = None
-    deduplicate: bool = True
-    use_safety_model: Optional[bool] = False
-    use_violence_detector: Optional[bool] = False
-    aesthetic_score: Optional[float | str] = None
-    aesthetic_weight: Optional[float | str] = None
-    use_mclip: Optional[bool] = False
+    class KnnRequest(BaseModel):
+        """At least one of ``text``, ``image``, ``image_url``, ``embedding_input`` (an empty string counts as
+        absent); when several are given the first in that order is used, as clip-retrieval does."""
+
+        # Unknown options: ignored with a warning, never an error.
+        model_config = ConfigDict(extra="allow", regex_engine="python-re", strict=True, json_schema_extra=_one_of({
+            "text": {"type": "string", "pattern": TEXT_PATTERN}, "image": {"type": "string", "minLength": 1},
+            "image_url": {"type": "string", "minLength": 1}, "embedding_input": {"type": "array"}}, exactly=False))
+
+        # "" counts as absent; anything else needs a character that is not whitespace
+        text: Union[Literal[""], Annotated[str, Field(max_length=text_chars, pattern=TEXT_PATTERN)], None] = None
+        image: Optional[str] = Field(None, description="base64 image bytes; must decode to an image within the "
+                                     "size and pixel limits")
+        image_url: Optional[str] = Field(None, description="fetched only on a service started with "
+                                         "--allow-image-url (else 403)")
+        embedding_input: emb_type = emb_field
+        modality: Literal["image", "text"] = "image"
+        num_images: json_int(ge=1, le=max_k) = Field(40, description="results returned")
+        num_result_ids: Optional[json_int(ge=1, le=max_k)] = Field(None,
+                                              description="results searched (before deduplication)")
+        indice_name: Optional[str] = None
+        deduplicate: bool = True
+        use_safety_model: Optional[bool] = False
+        use_violence_detector: Optional[bool] = False
+        aesthetic_score: Optional[float | str] = None
+        aesthetic_weight: Optional[float | str] = None
+        use_mclip: Optional[bool] = False
+
+        _embedding = field_validator("embedding_input")(classmethod(lambda cls, v: check_embedding(v)))
+
+        @model_validator(mode="after")
+        def _one_query(self):
+            if not (self.text or self.image or self.image_url or self.embedding_input is not None):
+                raise ValueError("give one of text, image, image_url, embedding_input")
+            return self
+
+    class MetadataRequest(BaseModel):
+        model_config = ConfigDict(extra="allow", strict=True)
+
+        ids: list[json_int(ge=0)] = Field(..., max_length=max_k,
+                                                       description="rows of the index (an unknown row: 404)")
+        indice_name: Optional[str] = None
+
+    return KnnRequest, MetadataRequest
 
 
-class MetadataRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+KnnRequest, MetadataRequest = compat_models()  # the default limits; the app builds its own
 
-    ids: list[int]
-    indice_name: Optional[str] = None
+
+def header_value(text: str, limit: int = 1000) -> str:
+    """``text`` as a legal HTTP header value: printable ASCII only (anything else, a client's control
+    character included, becomes '?'), no surrounding whitespace, at most ``limit`` characters. h11
+    refuses any other value and the connection then closes without an answer (issue 16, the fuzzer)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit]).strip()
 
 
 COMPAT_POSTS = frozenset({"/knn-service", "/metadata"})
@@ -89,18 +124,34 @@ class JsonBodies:
         await self.app(scope, receive, send)
 
 
-def add_compat_routes(app: FastAPI, cfg: ServiceConfig, registry: IndexRegistry, metrics: Metrics,
-                      batchers: Batchers | None = None) -> None:
-    app.add_middleware(JsonBodies)
+class KnnHit(BaseModel):
+    url: Optional[str]
+    caption: Optional[str]
+    similarity: float
+    id: int
+    key: Optional[str] = None
+    warning: Optional[str] = None
 
-    @app.get("/indices-list")
+
+class MetadataRow(BaseModel):
+    id: int
+    metadata: dict
+
+
+def add_compat_routes(app: FastAPI, cfg: ServiceConfig, registry: IndexRegistry, metrics: Metrics,
+                      batchers: Optional[Batchers] = None, dim: Optional[int] = None) -> None:
+    app.add_middleware(JsonBodies)
+    KnnRequest, MetadataRequest = compat_models(cfg.max_search_k, cfg.limits.max_text_chars, dim)
+
+    @app.get("/indices-list", responses=errors(401))
     async def indices_list() -> list[str]:
         return registry.names()
 
     def _knn(req: KnnRequest) -> tuple[list[dict], list[str]]:
         warnings = []
         ignored = [k for k, off in IGNORED_OPTIONS.items() if getattr(req, k) not in (off, None, "", "")]
-        ignored += sorted(req.model_extra or {})
+        # An unknown option's name is the client's string: quoted unless it is a plain identifier ("" too).
+        ignored += [n if n.isidentifier() else json.dumps(n) for n in sorted(req.model_extra or {})]
         if ignored:
             warnings.append(f"ignored options not supported by this service: {', '.join(ignored)}")
         idx = registry.get(req.indice_name)
@@ -131,22 +182,21 @@ def add_compat_routes(app: FastAPI, cfg: ServiceConfig, registry: IndexRegistry,
             results.append(item)
         return results, warnings
 
-    @app.post("/knn-service")
+    @app.post("/knn-service", response_model=list[KnnHit], responses=errors(400, 401, 403, 404, 409, 413, 422, 503,
+                                                                          504))
     async def knn_service(req: KnnRequest) -> JSONResponse:
         if batchers is not None and not req.text:
             batchers.release_encode()  # the encode worker need not wait for this request
         results, warnings = await run_in_threadpool(_knn, req)
-        headers = {"X-React-Warning": "; ".join(warnings)[:1000].encode("ascii", "replace").decode()} if warnings else None
+        headers = {"X-React-Warning": header_value("; ".join(warnings))} if warnings else None
         return JSONResponse(results, headers=headers)
 
-    @app.post("/metadata")
+    @app.post("/metadata", response_model=list[MetadataRow], responses=errors(400, 401, 404, 413, 422, 503))
     async def metadata(req: MetadataRequest) -> list[dict]:
         idx = registry.get(req.indice_name)
-        if len(req.ids) > cfg.max_search_k:
-            raise ServiceError(f"ids: at most {cfg.max_search_k} per request")
         bad = [i for i in req.ids if not 0 <= i < idx.searcher.rows]
-        if bad:
-            raise ServiceError(f"ids: {bad[0]} is not a row of index {idx.name!r} (0..{idx.searcher.rows - 1})")
+        if bad:  # like GET /v1/indices/{name}/rows/{row}/image: an unknown row is not found
+            raise ServiceError(f"ids: {bad[0]} is not a row of index {idx.name!r} (0..{idx.searcher.rows - 1})", 404)
         rows = idx.searcher.metadata(req.ids, columns=[c for c in ("key", "url", "caption")
                                                         if c in idx.searcher.rowmeta.column_names]).to_pylist()
         return [{"id": i, "metadata": m} for i, m in zip(req.ids, rows)]

@@ -57,7 +57,8 @@ def embed_vector(idx: LoadedIndex, values: list[float]) -> np.ndarray:
     vec = np.asarray(values, dtype=np.float32)
     if vec.ndim != 1 or vec.size != idx.dim:
         raise ServiceError(f"embedding: {vec.size} values, index {idx.name!r} has dimension {idx.dim}")
-    if not np.all(np.isfinite(vec)) or float(np.linalg.norm(vec)) < 1e-6:
+    # The request models already ask for one component of magnitude >= 1e-6; float32 may round it just below.
+    if not np.all(np.isfinite(vec)) or float(np.linalg.norm(vec)) < 5e-7:
         raise ServiceError("embedding: NaN, infinite or all-zero values")
     return vec[None, :]
 
