@@ -102,10 +102,27 @@ def embedding_field(dim: Optional[int], description: str, **kw):
 
 
 def request_models(max_search_k: int = 1000, limits: Limits = Limits(), dim: Optional[int] = None,
-                   template_sets: tuple[str, ...] = ("imagenet", "simple", "classname")) -> SimpleNamespace:
+                   template_sets: Optional[dict[str, int]] = None, default_set: str = "imagenet") -> SimpleNamespace:
     """The request models with this service's limits: ``max_search_k`` (k of one search), ``limits``
-    (task retrieval and text length), ``dim`` (every index's dimension, None when they differ)."""
+    (task retrieval and text length), ``dim`` (every index's dimension, None when they differ),
+    ``template_sets`` (name -> number of templates; default: downstream.templates' sets)."""
     text_chars = limits.max_text_chars
+    if template_sets is None:
+        from downstream.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+
+        template_sets, default_set = {n: len(t) for n, t in TEMPLATE_SETS.items()}, DEFAULT_TEMPLATES
+    # A named set larger than --max-templates is refused (400): the schema offers only those that fit, and
+    # when the default set does not fit, templates must be given.
+    sets = tuple(n for n, count in template_sets.items() if count <= limits.max_templates)
+    default_fits = template_sets.get(default_set, 0) <= limits.max_templates
+    template_list = Annotated[list[Annotated[str, Field(max_length=text_chars, pattern=TEMPLATE_PATTERN)]],
+                              Field(min_length=1, max_length=limits.max_templates)]
+    if sets and default_fits:
+        templates_type, templates_default = Union[Literal[sets], template_list, None], None  # type: ignore
+    elif sets:
+        templates_type, templates_default = Union[Literal[sets], template_list], ...  # type: ignore
+    else:
+        templates_type, templates_default = template_list, ...
     emb_type, emb_field = embedding_field(dim, "a query vector in the index's embedding space")
 
     class SearchRequest(StrictModel):
@@ -137,9 +154,9 @@ def request_models(max_search_k: int = 1000, limits: Limits = Limits(), dim: Opt
             ..., min_length=1, max_length=limits.max_classes,
             description=f"the task's class names (repeats are merged; classes x templates at most "
                         f"{limits.max_queries} queries)")
-        templates: Union[Literal[template_sets], Annotated[list[Annotated[str, Field(  # type: ignore[valid-type]
-            max_length=text_chars, pattern=TEMPLATE_PATTERN)]], Field(min_length=1, max_length=limits.max_templates)],
-            None] = Field(None, description="a named set or a list with one {} each; default imagenet")
+        templates: templates_type = Field(  # type: ignore[valid-type]
+            templates_default, description=f"a named set or a list with one {{}} each; default {default_set}"
+            + ("" if default_fits else f" (not on this service: more than {limits.max_templates} templates)"))
         k: json_int(ge=1, le=limits.max_k) = Field(50, description="results per query")
         mode: Literal["t2i", "t2t", "both"] = "t2i"
         index: Optional[str] = None

@@ -24,7 +24,7 @@ from typing import Literal, Optional
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from react.errors import ReactError
@@ -81,7 +81,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, list]:
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, "malformed JSON body", detail
     # A union (templates: a set name or a list) reports every branch: name the branch whose type matched.
-    informative = [e for e in errors if not str(e.get("type", "")).endswith("_type") and e.get("type") != "literal_error"]
+    informative = [e for e in errors
+                   if not str(e.get("type", "")).endswith("_type") and e.get("type") != "literal_error"]
     first = (informative or errors or [{}])[0]
     # pydantic names union branches in the location ("list[str]", "literal['a','b']"): not a field
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body" and not (isinstance(p, str) and "[" in p))
@@ -96,9 +97,7 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
                         cfg.batch_threads) if cfg.batching else None
     registry = IndexRegistry(cfg.indices, cfg.models, cfg.device, metrics, batchers)
     jobs = JobStore(cfg.state_dir, cfg.job_workers, cfg.max_active_jobs)
-    from downstream.templates import TEMPLATE_SETS
-
-    models = request_models(cfg.max_search_k, cfg.limits, common_dim(cfg.indices), tuple(TEMPLATE_SETS))
+    models = request_models(cfg.max_search_k, cfg.limits, common_dim(cfg.indices))
     SearchRequest, RetrieveRequest = models.SearchRequest, models.RetrieveRequest
 
     @asynccontextmanager
@@ -153,7 +152,10 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
             return {"ready": True, "indices": registry.names()}
         return _error(503, registry.load_error or "indices are loading")
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=errors(401))
+    @app.get("/metrics", response_class=Response, responses={
+        200: {"description": "Prometheus text exposition format",
+              "content": {"text/plain": {"schema": {"type": "string"}}}},
+    } | errors(401))
     async def metrics_endpoint() -> Response:
         for state in ("queued", "running", "done", "failed", "cancelled"):
             metrics.jobs.labels(state).set(jobs.counts().get(state, 0))
@@ -265,6 +267,8 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
         await run_in_threadpool(jobs.delete, job_id)
         return {"deleted": job_id}
 
+    if cfg.api_keys:
+        _declare_api_keys(app)
     from retrieval_service.compat import add_compat_routes
 
     add_compat_routes(app, cfg, registry, metrics, batchers, models.dim)
@@ -276,6 +280,28 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
     from retrieval_service.browse import add_browse  # after Guard: the page's own files bypass it
     add_browse(app)
     return app
+
+
+def _declare_api_keys(app: FastAPI) -> None:
+    """With --api-key-file the OpenAPI schema says so: a bearer token or X-API-Key on every operation but
+    the health checks (what Guard enforces), so clients and schema-driven tests know to send one."""
+    from retrieval_service.guard import OPEN_PATHS
+
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            for path in OPEN_PATHS:
+                for operation in schema["paths"].get(path, {}).values():
+                    operation["security"] = []
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _load_quietly(registry: IndexRegistry, gc_freeze: bool = False) -> None:
