@@ -256,6 +256,14 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality:
             entries[mod] = {"file": index_file(tmp, mod).name, **winner.to_json(), "count": built.count,
                             "skipped": folder.count - built.count, "build_s": round(built.seconds, 2),
                             "bytes": index_file(tmp, mod).stat().st_size, **measured, "candidates": report}
+            if entries[mod]["skipped"]:
+                bad = folder.unusable_rows(mod)
+                named = ", ".join(f"part {p} row {r} (key {k})" for p, r, k in bad)
+                more = entries[mod]["skipped"] - len(bad)
+                entries[mod]["skipped_rows"] = [{"part": p, "row": r, "key": k} for p, r, k in bad]
+                console.print(f"  {mod}: skipped {entries[mod]['skipped']:,} rows with NaN/inf or zero-norm "
+                              f"vectors, never indexed: {named}" + (f" and {more:,} more" if more > 0 else ""),
+                              highlight=False, soft_wrap=True)
             if winner.on_disk:
                 entries[mod]["ivfdata_bytes"] = ivfdata_file(index_file(tmp, mod)).stat().st_size
             if mod == "image":

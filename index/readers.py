@@ -107,9 +107,33 @@ def read_webdataset(root: Path) -> Corpus:
                          "url": _json_url(sample.files.get("json"), shard, sample.key),
                          "image_path": f"{shard.name}:{member_name}", "shard": shard.name})
             images.append(sample.image)
+    _check_sizes_json(root, rows)
     check_pairs([r["key"] for r in rows], [r["caption"] for r in rows], str(root))
     schema = pa.schema([(c, pa.string()) for c in ("key", "caption", "url", "image_path", "shard")])
     return Corpus("webdataset", root, pa.Table.from_pylist(rows, schema=schema), images)
+
+
+def _check_sizes_json(root: Path, rows: list[dict]) -> None:
+    """A shards folder from `react download` says how many pairs each shard holds
+    (sizes.json); a shard that holds another number is refused, naming it."""
+    import json
+    from collections import Counter
+
+    path = root / "sizes.json"
+    if not path.is_file():
+        return
+    try:
+        sizes = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ReactError(f"unreadable {path}: {exc.__class__.__name__}") from None
+    held = Counter(r["shard"] for r in rows)
+    for name in sorted(set(sizes) | set(held)):
+        if sizes.get(name, 0) != held.get(name, 0):
+            where = root / name
+            if sizes.get(name, 0) and not where.is_file():
+                raise ReactError(f"shard listed in {path} is missing: {where}")
+            raise ReactError(f"shard {where} holds {held.get(name, 0)} image-text pairs, "
+                             f"{path.name} says {sizes.get(name, 0)}")
 
 
 def _json_url(raw: bytes | None, shard: Path, key: str) -> str | None:

@@ -97,6 +97,30 @@ class EmbeddingFolder:
                 rows = self.offsets[part] + start + np.flatnonzero(keep)
                 yield rows.astype(np.int64), vecs
 
+    def unusable_rows(self, modality: str, limit: int = 5, chunk: int = 65536) -> list[tuple[int, int, str]]:
+        """The first ``limit`` rows streaming drops: ``(part, row in part, key)``.
+        One more pass over the vectors: call it only when rows were dropped."""
+        import pyarrow.parquet as pq
+
+        found: list[tuple[int, int]] = []
+        for part in range(self.parts):
+            arr = self.array(modality, part)
+            for start in range(0, arr.shape[0], chunk):
+                _, keep = clean_rows(arr[start : start + chunk])
+                found += [(part, start + int(i)) for i in np.flatnonzero(~keep)[: limit - len(found)]]
+                if len(found) >= limit:
+                    break
+            if len(found) >= limit:
+                break
+        named = []
+        for part, row in found:
+            try:
+                key = str(pq.read_table(metadata_path(self.root, part), columns=["key"]).column("key")[row])
+            except Exception:  # noqa: BLE001 - the key only decorates the message
+                key = "?"
+            named.append((part, row, key))
+        return named
+
     def gather(self, modality: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of the given global rows (sorted, unique): ``(kept_rows, vectors)``."""
         rows = np.unique(np.asarray(rows, dtype=np.int64))

@@ -64,12 +64,30 @@ def _is_compressed(path: Path) -> bool:
     return magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd"))
 
 
+END_OF_ARCHIVE = 1024  # two zero blocks close every tar
+
+
+def _check_complete(path: Path) -> None:
+    """An uncompressed tar cut short -- even at a member boundary, which tarfile
+    reads without complaint, losing the samples after the cut -- lacks the two
+    zero blocks every tar writer ends with."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - END_OF_ARCHIVE))
+        tail = fh.read()
+    if size % 512 or size < END_OF_ARCHIVE or tail.strip(b"\0"):
+        raise ReactError(f"cannot read shard {path}: truncated (no end-of-archive marker; "
+                         f"{size:,} bytes, a copy or download cut short?)")
+
+
 def scan_tar(path: Path, want: tuple[str, ...]) -> list[Sample]:
     """The samples of one shard in tar order; ``want`` names the non-image
     extensions whose bytes to keep (e.g. ``("txt", "json")`` or ``("cls",)``)."""
     samples: dict[str, Sample] = {}
     try:
         compressed = _is_compressed(path)
+        if not compressed:
+            _check_complete(path)
         with tarfile.open(path, "r:*") as tf:
             for member in tf:
                 if not member.isfile():
