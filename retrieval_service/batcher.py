@@ -146,6 +146,9 @@ class MicroBatcher:
                 self._run(fn, batch)
             finally:
                 self._busy = False
+                # Unbind before waiting for the next batch: ``fn`` holds its key's searcher or model, and an
+                # idle worker would otherwise keep the index replaced by a reload alive (issue 16, churn test).
+                del taken, fn, batch
 
     @staticmethod
     def _run(fn: BatchFn, batch: list[_Item]) -> None:

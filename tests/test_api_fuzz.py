@@ -68,7 +68,7 @@ def serve(index: Path, tmp: Path, *extra: str) -> tuple[subprocess.Popen, str, P
 
 
 def schemathesis_run(url: str, cwd: Path, *extra: str, examples: int = EXAMPLES,
-                     timeout: float = 240) -> tuple[int, str]:
+                     timeout: float = max(240.0, 4.0 * 17 * EXAMPLES)) -> tuple[int, str]:
     """The CLI, every check, one worker (a 2-core machine serves too); returns (exit status, output)."""
     st = Path(sys.executable).with_name("st")
     cmd = [str(st), "--config-file", str(CONFIG), "run", url + "/openapi.json", "--checks", "all",
@@ -98,6 +98,8 @@ def test_schemathesis_every_operation_every_check(index_dir, tmp_path, with_key)
         assert "Network Error" not in output and "errored" not in output, output[-6000:]
         assert re.search(r"Tested: 17\b", output), output[-3000:]  # every operation, none skipped
         assert int(summary.group(1)) >= 17 * EXAMPLES, output[-2000:]
+        print(f"schemathesis ({'api key' if with_key else 'open'}, -n {EXAMPLES}): {summary.group(0)}, "
+              + re.search(r"in [\d.]+s", output.splitlines()[-1] + " in 0s").group(0))
         assert proc.poll() is None  # still serving
         assert httpx.get(url + "/readyz").status_code == 200
     finally:

@@ -1,0 +1,95 @@
+"""The service under churn (issue 16): clients keep querying while the index is reloaded.
+
+benchmarks/service_churn.py at a reduced size (4 clients x 10 s, a reload every
+1.5 s: good and corrupt folders, POST and SIGHUP) against a real ``react serve``;
+the README's figure is the same function at 16 clients x 60 s. Plus, in-process,
+the direct form of "RSS bounded": after reloads under load no old index object
+is still alive.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import httpx
+import pytest
+
+from retrieval_service.app import create_app
+from retrieval_service.config import ServiceConfig
+from service_fixtures import CLASSES, LiveServer, build_task_index
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from service_churn import CORRUPTIONS, run_churn  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, tiny_model, tiny_model_dir) -> Path:
+    return build_task_index(tmp_path_factory.mktemp("churn"), tiny_model, tiny_model_dir)
+
+
+def test_clients_see_no_failure_while_reloads_alternate_good_and_corrupt(index_dir, tmp_path):
+    report = run_churn(index_dir, tmp_path / "churn", clients=4, duration=10.0, interval=1.5,
+                       classes=CLASSES + ["tree", "boat", "house"])
+    log = report.pop("reload_log")
+    assert report["server_alive"]
+    assert report["failed"] == 0, report["failures"]
+    assert report["requests"] > 100 and all(sum(s.values()) > 0 for s in report["status"].values()), report
+    # Every reload did what it should: corrupt refused (the generation stays), good swapped in.
+    assert report["reloads_wrong"] == [], report["reloads_wrong"]
+    assert report["reloads_good"] >= 2 and report["reloads_corrupt"] >= 3, log
+    assert {r["via"] for r in log} == {"POST", "SIGHUP"}
+    assert {r["via"] for r in log if r["expect"] == "refused"} == {"POST", "SIGHUP"}
+    for r in log:
+        if r["via"] == "POST" and r["expect"] == "refused":
+            assert r["status"] == 409 and "still serving the previous index" in r["answer"], r
+    assert {r["folder"] for r in log if r["expect"] == "refused"} >= {f"corrupt-{CORRUPTIONS[0]}"}
+    assert report["readyz"]["polls"] > 20 and report["readyz"]["not_ready"] == 0, report["readyz"]
+    rss = report["rss_mb"]
+    assert rss["last_quarter_median"] < rss["first_quarter_median"] + 150, rss
+
+
+def test_reloaded_indices_are_freed(index_dir, tmp_path):
+    """No reference to a replaced index survives its requests (batcher keys, closures, caches):
+    an index kept alive per reload is exactly an RSS that grows with every SIGHUP."""
+    cfg = ServiceConfig(indices={"tiny": index_dir}, state_dir=tmp_path / "state")
+    app = create_app(cfg)
+    registry = app.state.registry
+    with LiveServer(app) as live:
+        stop = threading.Event()
+        errors: list[str] = []
+
+        def client(body: dict) -> None:
+            with httpx.Client(timeout=30) as http:
+                while not stop.is_set():
+                    r = http.post(live.url + "/v1/search", json=body)
+                    if r.status_code != 200:
+                        errors.append(r.text)
+
+        threads = [threading.Thread(target=client, args=(b,)) for b in
+                   ({"text": "a photo of a cat.", "k": 3}, {"text": "a photo of a dog.", "k": 5},
+                    {"embedding": [0.1] * 32, "k": 3})]
+        for t in threads:
+            t.start()
+        old = []
+        try:
+            for _ in range(3):
+                time.sleep(0.3)
+                loaded = registry.get("tiny")
+                old.append((weakref.ref(loaded), weakref.ref(loaded.searcher), weakref.ref(loaded.retriever)))
+                del loaded
+                assert httpx.post(live.url + "/v1/indices/tiny/reload").status_code == 200
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+        assert not errors, errors[:3]
+        time.sleep(0.2)
+        gc.collect()
+        alive = [i for i, refs in enumerate(old) if any(r() is not None for r in refs)]
+        assert alive == [], f"replaced indices still referenced: {alive}"
+        assert registry.get("tiny").generation == 4
