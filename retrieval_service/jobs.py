@@ -126,10 +126,18 @@ class JobStore:
             job.info.update(state="cancelled", finished=time.time())
         except ReactError as exc:
             job.update(state="failed", error=str(exc), finished=time.time())
-        except Exception as exc:  # a bug: keep the service up, say so in the job
-            log.exception("job %s crashed", job.id)
-            job.update(state="failed", error=f"internal error: {exc.__class__.__name__}: {exc}",
-                       finished=time.time())
+        except Exception as exc:
+            if job.cancel.is_set():  # deleted while it ran (its folder went away under it): not a crash
+                job.info.update(state="cancelled", finished=time.time())
+            else:  # a bug: keep the service up, say so in the job
+                log.exception("job %s crashed", job.id)
+                job.update(state="failed", error=f"internal error: {exc.__class__.__name__}: {exc}",
+                           finished=time.time())
+        finally:
+            if job.id not in self._jobs:
+                # DELETE came while it ran: whatever it wrote since (job.json, the subset: writing re-creates
+                # the folder) must go too, or the deleted job comes back at the next start (issue 16, fuzzer).
+                shutil.rmtree(job.dir, ignore_errors=True)
 
     def progress_fn(self, job: Job) -> Callable[[str, int, int], None]:
         def report(stage: str, done: int, total: int) -> None:

@@ -93,3 +93,47 @@ def test_reloaded_indices_are_freed(index_dir, tmp_path):
         alive = [i for i, refs in enumerate(old) if any(r() is not None for r in refs)]
         assert alive == [], f"replaced indices still referenced: {alive}"
         assert registry.get("tiny").generation == 4
+
+
+@pytest.mark.parametrize("when", ["before-write", "during-write"])
+def test_job_deleted_while_it_finishes_leaves_nothing(tmp_path, monkeypatch, caplog, when):
+    """DELETE /v1/jobs/{id} as the job writes its subset (found by the fuzzer's stateful phase). Before
+    the fix: deleted just before the write, the write re-created the folder and the job came back at the
+    next start; deleted during it, the rename failed and was logged as a crash. Now the job ends quietly
+    as cancelled and its folder stays gone."""
+    import logging
+
+    from react.schemas import atomic_path
+    from retrieval_service import jobs as jobs_mod
+
+    writing, deleted = threading.Event(), threading.Event()
+
+    def write_subset(result, path):  # the real one's path handling: atomic_path re-creates the parent
+        writing.set()
+        if when == "before-write":
+            deleted.wait(10)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"PAR1")
+            if when == "during-write":
+                deleted.wait(10)
+        return path
+
+    class Result:
+        class table:
+            num_rows = 0
+
+        @staticmethod
+        def report() -> dict:
+            return {}
+
+    monkeypatch.setattr(jobs_mod, "write_subset", write_subset)
+    store = jobs_mod.JobStore(tmp_path / "state")
+    job = store.submit({}, lambda j: Result(), 1)
+    assert writing.wait(10)
+    with caplog.at_level(logging.ERROR):
+        store.delete(job.id)
+        deleted.set()
+        store._pool.shutdown(wait=True)
+    assert not job.dir.exists(), sorted(p.name for p in job.dir.iterdir())
+    assert "crashed" not in caplog.text
+    assert jobs_mod.JobStore(tmp_path / "state").list() == []  # nothing comes back at the next start
