@@ -12,6 +12,7 @@ search plan may carry two of ours:
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -45,13 +46,25 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / norms
 
 
+# make_direct_map() marks the map as built before it fills it: a thread that checked direct_map.no() while
+# another was building read a half-filled map ("invalid key", "-1 entry in direct_map"): a 500 on the first
+# concurrent deduplicated searches after every reload (issue 16, benchmarks/service_churn.py). Every
+# reconstructor of every index builds and checks under this one lock until it has seen its map complete.
+_DIRECT_MAP_LOCK = threading.Lock()
+
+
 def reconstructor(index: faiss.Index) -> Callable[[np.ndarray], np.ndarray]:
-    """Exact stored vectors by faiss id (indices with Flat codes only)."""
+    """Exact stored vectors by faiss id (indices with Flat codes only). Thread-safe."""
     ivf = faiss.try_extract_index_ivf(index)
+    ready = ivf is None
 
     def stored(ids: np.ndarray) -> np.ndarray:
-        if ivf is not None and ivf.direct_map.no():
-            ivf.make_direct_map()  # id -> (list, offset), 8 bytes per vector: built on first use only
+        nonlocal ready
+        if not ready:
+            with _DIRECT_MAP_LOCK:
+                if ivf.direct_map.no():
+                    ivf.make_direct_map()  # id -> (list, offset), 8 bytes per vector: built on first use only
+                ready = True
         return index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
 
     return stored

@@ -137,3 +137,43 @@ def test_job_deleted_while_it_finishes_leaves_nothing(tmp_path, monkeypatch, cap
     assert not job.dir.exists(), sorted(p.name for p in job.dir.iterdir())
     assert "crashed" not in caplog.text
     assert jobs_mod.JobStore(tmp_path / "state").list() == []  # nothing comes back at the next start
+
+
+def test_reconstructor_is_thread_safe_on_a_fresh_ivf_index():
+    """Found by benchmarks/service_churn.py (16 clients, an IVF-Flat index): right after a reload the first
+    concurrent deduplicated /knn-service requests answered 500 -- faiss marks an IVF direct map built
+    before filling it, and a second thread read it half-filled. Reconstructors of one fresh index (the
+    dedup's and the re-ranker's) are now called from 8 staggered threads, 10 times."""
+    import faiss
+    import numpy as np
+
+    from index.query import reconstructor
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200_000, 16)).astype(np.float32)
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 64, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(x[:5000])
+    ivf.add(x)
+    blob = faiss.serialize_index(ivf)
+    errors: list[str] = []
+    for _ in range(10):
+        index = faiss.deserialize_index(blob)  # a fresh load: no direct map yet
+        fns = [reconstructor(index), reconstructor(index)]
+        barrier = threading.Barrier(8)
+
+        def fetch(i: int) -> None:
+            barrier.wait()
+            time.sleep(0.0005 * i)
+            ids = np.random.default_rng(i).integers(0, len(x), 64)
+            try:
+                if not np.allclose(fns[i % 2](ids), x[ids]):
+                    errors.append("wrong vectors")
+            except RuntimeError as exc:
+                errors.append(str(exc)[:200])
+
+        threads = [threading.Thread(target=fetch, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [], errors[:2]
