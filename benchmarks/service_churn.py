@@ -222,7 +222,11 @@ async def _churn(url: str, pid: int, link: Path, good: Path, corrupt: list[Path]
         "readyz": readyz,
         "rss_mb": {"start": round(mem[0] / 2**20, 1), "first_quarter_median": round(first / 2**20, 1),
                    "last_quarter_median": round(last / 2**20, 1), "max": round(max(mem) / 2**20, 1),
-                   "samples": len(mem)},
+                   "samples": len(mem),
+                   # the largest sample of every 10 s: flat once allocator arenas and caches are warm
+                   "max_per_10s": [round(max(m for t, m in rss if w <= t < w + 10) / 2**20, 1)
+                                   for w in range(0, int(rss[-1][0]) + 1, 10)
+                                   if any(w <= t < w + 10 for t, _ in rss)]},
     }
 
 
