@@ -37,12 +37,21 @@ from react.models import LoadedModel, load_model
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on tau
 
 
+def _never_started(run_dir: Path) -> bool:
+    """A run directory holding only what ``train`` writes before react_run.json."""
+    return all(p.name == "cache" or p.name.startswith(".") for p in run_dir.iterdir())
+
+
 def _open_run_dir(run_dir: Path, c: TrainConfig) -> tuple[dict[str, Any] | None, bool]:
     """(stored run info when resuming, whether --overwrite must clear the folder);
     refuses to clobber anything by accident. Deletes nothing: that waits until
     the run's settings have passed every check (``train``)."""
     exists = run_dir.exists() and any(run_dir.iterdir()) if run_dir.is_dir() else run_dir.exists()
     is_run = (run_dir / ckpt.RUN_FILE).is_file()
+    if exists and not is_run and run_dir.is_dir() and _never_started(run_dir):
+        # Killed before its run record was written: only the shard index cache and temporary
+        # files exist, nothing worth keeping, so --resume, a rerun and --overwrite all start over.
+        return None, True
     if c.resume:
         if not is_run:
             raise ReactError(f"nothing to resume in {run_dir} (no {ckpt.RUN_FILE})")

@@ -167,12 +167,55 @@ def umask_mode(path: str | os.PathLike, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
 
 
+def _work_prefix(final: Path, pid: int | None = None) -> str:
+    """Temporary siblings of ``final`` carry their writer's host and pid, so that a
+    later writer can tell the leftovers of a killed one from a live one's."""
+    import socket
+    import zlib
+
+    host = zlib.crc32(socket.gethostname().encode()) & 0xFFFFFF
+    return f".{final.name}.w{host:06x}p{os.getpid() if pid is None else pid}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def sweep_stale_work(final: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of ``final`` (from :func:`atomic_path` and
+    :func:`atomic_dir`) left by a writer on this host that no longer runs: a
+    SIGKILL skips the ``finally`` that removes them. Returns what was removed."""
+    import re
+
+    final = Path(final)
+    here = _work_prefix(final, pid=0)[: -len("0.")]
+    pattern = re.compile(re.escape(here) + r"(\d+)\.")
+    removed = []
+    try:
+        entries = [p for p in final.parent.iterdir() if p.name.startswith(here)]
+    except OSError:
+        return removed
+    for path in entries:
+        m = pattern.match(path.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto ``final`` only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    sweep_stale_work(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=_work_prefix(final), suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     umask_mode(tmp)
@@ -199,7 +242,8 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    sweep_stale_work(final)
+    tmp = Path(tempfile.mkdtemp(prefix=_work_prefix(final), dir=final.parent))
     umask_mode(tmp, directory=True)
     try:
         yield tmp
