@@ -151,6 +151,7 @@ class IndexRegistry:
             self._loaded[name] = new  # one reference assignment: atomic for every reader
             self.metrics.index_reloads.labels(name, "ok").inc()
             log.info("index %s reloaded (generation %d)", name, new.generation)
+            _trim_later()
             return new
 
     def reload_all(self) -> dict[str, str]:
@@ -162,6 +163,27 @@ class IndexRegistry:
             except ReactError as exc:
                 out[name] = str(exc)
         return out
+
+
+def _trim_later(delay_s: float = 2.0) -> None:
+    """Hand the freed heap of a replaced index back to the OS once its last requests are done.
+
+    An index and its model are hundreds of native allocations freed by many threads; glibc keeps
+    most of those pages in its arenas, so without a trim RSS climbed with every reload although
+    nothing stayed referenced (benchmarks/service_churn.py: 16 clients, a reload every 3 s,
+    50k x 256 index: +120 MB in 3 minutes). ``malloc_trim`` runs without the GIL; elsewhere than
+    glibc it does nothing."""
+    def trim() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+    timer = threading.Timer(delay_s, trim)
+    timer.daemon = True
+    timer.start()
 
 
 def _one_line(name: str, exc: BaseException) -> str:
