@@ -162,7 +162,7 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     # --- indices --------------------------------------------------------------------------------
-    @app.get("/v1/indices", response_model=list[IndexInfo], responses=errors(401))
+    @app.get("/v1/indices", response_model=list[IndexInfo], responses=errors(401, 503))
     async def indices() -> list[dict]:
         return [registry.get(name).info() for name in registry.names()]
 
