@@ -499,3 +499,16 @@ def test_reload_failure_that_is_not_a_react_error_keeps_the_old_index(index_dir,
         assert answer.status_code == 409 and "ValueError" in answer.json()["error"]
         hit = httpx.post(live.url + "/v1/search", json={"text": "a photo of a car.", "k": 1}).json()["results"][0]
         assert hit["key"] == "car"
+
+
+def test_odd_option_names_and_undeclared_methods(server):
+    """Found by tests/test_api_fuzz.py: a clip-retrieval option named "" or with a control character
+    went into X-React-Warning as is, h11 refused the header and the connection closed unanswered;
+    a 405 had no Allow header (and Starlette's would name one route's methods only)."""
+    r = httpx.post(server.url + "/knn-service", json={"text": "a photo of a cat.", "": 1, "bad\x01name\u00e9": 2})
+    assert r.status_code == 200, r.text
+    header = r.headers["x-react-warning"]
+    assert '""' in header and all(" " <= c <= "~" for c in header) and header == header.strip()
+    assert '""' in r.json()[0]["warning"]
+    r = httpx.request("TRACE", server.url + "/v1/jobs/" + "0" * 32)
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) >= {"GET", "DELETE"}
