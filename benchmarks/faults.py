@@ -97,6 +97,7 @@ def _siblings(out: Path) -> list[str]:
 
 class Stage:
     name = ""
+    scale = 1  # --scale: more work per run, so that more kills land in it rather than in the start-up
 
     def setup(self, root: Path) -> None:
         """Build the stage's inputs under ``root`` (once)."""
@@ -135,16 +136,16 @@ class Embed(Stage):
 
     def setup(self, root):
         self.model = tiny_model(root)
-        self.corpus = root / "embed-corpus"
+        self.corpus = root / f"embed-corpus-x{self.scale}"
         if not self.corpus.exists():
             self.corpus.mkdir(parents=True)
             rng = np.random.default_rng(0)
-            for i in range(self.N):
+            for i in range(self.N * self.scale):
                 (self.corpus / f"img{i:02d}.jpg").write_bytes(_jpeg(rng))
                 (self.corpus / f"img{i:02d}.txt").write_text(f"a picture number {i} of a thing\n")
 
     def argv(self, out):
-        return ["embed", str(self.corpus), "--model", str(self.model), "--out", str(out), "--part-size", "4",
+        return ["embed", str(self.corpus), "--model", str(self.model), "--out", str(out), "--part-size", str(4 * self.scale),
                 "--device", "cpu", "--batch-size", "2"]
 
     def torn(self, out):
@@ -194,14 +195,14 @@ class Index(Stage):
     def setup(self, root):
         from index.embed import write_embedding_folder
 
-        self.emb = root / "index-emb"
+        self.emb = root / f"index-emb-x{self.scale}"
         if not (self.emb / "embed.json").exists():
             rng = np.random.default_rng(0)
             centers = rng.normal(size=(40, 32))
-            labels = rng.integers(0, 40, size=12_000)
+            labels = rng.integers(0, 40, size=12_000 * self.scale)
             img = (centers[labels] + rng.normal(scale=0.6, size=(len(labels), 32))).astype(np.float32)
             txt = (centers[labels] + rng.normal(scale=0.9, size=(len(labels), 32))).astype(np.float32)
-            write_embedding_folder(self.emb, img, txt, part_size=2_000, model="synthetic")
+            write_embedding_folder(self.emb, img, txt, part_size=2_000 * self.scale, model="synthetic")
         from index.vectors import EmbeddingFolder
 
         folder = EmbeddingFolder.open(self.emb)
@@ -302,12 +303,13 @@ class Download(Stage):
         import pyarrow.parquet as pq
 
         rng = np.random.default_rng(0)
-        images = {f"/{i}.jpg": _jpeg(rng, (64 + 4 * i, 64)) for i in range(self.N)}
+        n = self.N * self.scale
+        images = {f"/{i}.jpg": _jpeg(rng, (64 + 4 * (i % 16), 64)) for i in range(n)}
         images["/bad.jpg"] = b"<html>not an image</html>"
         self.web = Web(images, delay=0.05)
-        self.subset = root / "download-subset.parquet"
-        keys = [f"s{i}" for i in range(self.N)] + ["bad"]
-        urls = [f"{self.web.url}/{i}.jpg" for i in range(self.N)] + [f"{self.web.url}/bad.jpg"]
+        self.subset = root / f"download-subset-x{self.scale}.parquet"
+        keys = [f"s{i}" for i in range(n)] + ["bad"]
+        urls = [f"{self.web.url}/{i}.jpg" for i in range(n)] + [f"{self.web.url}/bad.jpg"]
         pq.write_table(pa.table({"key": keys, "url": urls, "caption": [f"image {k}" for k in keys],
                                  "similarity": pa.array([0.5] * len(keys), pa.float32()),
                                  "classes": pa.array([["x"]] * len(keys), pa.list_(pa.string()))}),
@@ -395,8 +397,8 @@ class Customize(Stage):
 
     def argv(self, out):
         return ["customize", "--base", str(self.model), "--train-data", str(self.shards), "--out", str(out),
-                "--device", "cpu", "--steps", str(self.STEPS), "--batch-size", "8", "--save-every",
-                str(self.EVERY), "--log-every", "1", "--workers", "0", "--lr", "1e-2", "--warmup", "1",
+                "--device", "cpu", "--steps", str(self.STEPS * self.scale), "--batch-size", "8", "--save-every",
+                str(self.EVERY * self.scale), "--log-every", "1", "--workers", "0", "--lr", "1e-2", "--warmup", "1",
                 "--threads", "1", "--no-compile"]
 
     def resume_argv(self, out):
@@ -442,7 +444,7 @@ class Customize(Stage):
 
     def after_resume(self, out, before):
         lost = before["logged"] - before["checkpoint"]
-        if lost > self.EVERY and before["logged"] < self.STEPS:
+        if lost > self.EVERY * self.scale and before["logged"] < self.STEPS * self.scale:
             return f"lost {lost} steps (logged {before['logged']}, checkpoint {before['checkpoint']})"
         bad = []
         for line in (out / "log.jsonl").read_text().splitlines():
@@ -507,16 +509,18 @@ def _tail(log: Path) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def soak(stage_names: list[str], kills: int, seeds: list[int], root: Path, echo=print) -> list[Report]:
+def soak(stage_names: list[str], kills: int, seeds: list[int], root: Path, echo=print, scale: int = 1
+         ) -> list[Report]:
     """``kills`` kills per stage and seed; returns one Report per stage."""
     reports = []
     for name in stage_names:
         stage = STAGES[name]()
+        stage.scale = scale
         stage.setup(root)
         report = Report(name)
         started = time.time()
         try:
-            ref = root / f"{name}-ref" / "out"
+            ref = root / f"{name}-x{scale}-ref" / "out"
             ref.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.time()
             rc = run_to_end(stage.argv(ref), ref.parent / "log.txt")
@@ -528,7 +532,7 @@ def soak(stage_names: list[str], kills: int, seeds: list[int], root: Path, echo=
             for seed in seeds:
                 rng = random.Random(f"{name}-{seed}")
                 for k in range(kills):
-                    work = root / f"{name}-s{seed}-k{k}"
+                    work = root / f"{name}-x{scale}-s{seed}-k{k}"
                     work.mkdir(parents=True, exist_ok=True)
                     out, log = work / "out", work / "log.txt"
                     at = rng.uniform(0, report.uninterrupted_s)
@@ -584,12 +588,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one, removed)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="multiply each stage's work (images, rows, samples, steps) so that more kills land "
+                             "in it rather than in the start-up")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="react-faults-") as tmp:
         root = args.work or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        reports = soak(args.stages, args.kills, args.seeds, root)
+        reports = soak(args.stages, args.kills, args.seeds, root, scale=args.scale)
     total = {"kills": sum(r.kills for r in reports),
              "finished_before_kill": sum(r.finished_before_kill for r in reports),
              "resumed_with_work_kept": sum(r.resumed_with_work_kept for r in reports),
