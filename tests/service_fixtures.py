@@ -99,3 +99,24 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def start_serve(args: list[str], state: Path, columns: int = 300):
+    """A real ``react serve ARGS`` on a free loopback port (``--port 0``); returns
+    ``(process, base url)`` once it has printed its address (not yet ready)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "react", "serve", *args, "--port", "0",
+                             "--state-dir", str(state), "--log-level", "warning"],
+                            stderr=subprocess.PIPE, text=True, env=os.environ | {"COLUMNS": str(columns)})
+    while True:
+        line = proc.stderr.readline()
+        if not line:
+            proc.kill()
+            raise AssertionError("react serve exited before printing its address")
+        if m := re.search(r"on (http://127\.0\.0\.1:\d+)", line):
+            return proc, m.group(1)
+

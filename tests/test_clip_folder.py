@@ -13,10 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import re
 import signal
-import subprocess
 import sys
 import time
 import types
@@ -31,7 +28,7 @@ import pytest
 
 from react.cli import run
 from react.errors import ReactError
-from service_fixtures import CLASSES, TEMPLATES, build_task_index
+from service_fixtures import CLASSES, TEMPLATES, build_task_index, start_serve
 
 
 def clip_retrieval_module(name: str):
@@ -114,17 +111,8 @@ def served(laion, tiny_model_dir, tmp_path_factory):
     """The real command: `react serve --index laion=DIR --model laion=MODEL` on a free loopback port."""
     folder, _ = laion
     state = tmp_path_factory.mktemp("state")
-    proc = subprocess.Popen([sys.executable, "-m", "react", "serve", "--index", f"laion={folder}", "--model",
-                             f"laion={tiny_model_dir}", "--port", "0", "--state-dir", str(state),
-                             "--log-level", "warning"], stderr=subprocess.PIPE, text=True,
-                            env=os.environ | {"COLUMNS": "300"})
+    proc, url = start_serve(["--index", f"laion={folder}", "--model", f"laion={tiny_model_dir}"], state)
     try:
-        url = None
-        while url is None:
-            line = proc.stderr.readline()
-            assert line, "react serve exited before printing its address"
-            if m := re.search(r"on (http://127\.0\.0\.1:\d+)", line):
-                url = m.group(1)
         deadline = time.monotonic() + 120
         while (r := httpx.get(url + "/readyz")).status_code != 200:
             assert time.monotonic() < deadline, r.text

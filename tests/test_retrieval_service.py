@@ -404,22 +404,10 @@ def test_react_serve_refuses_bad_options(tmp_path, capsys):
 
 def test_react_serve_process_sighup_reload(index_dir, tmp_path):
     """The real command: binds a free port on loopback, answers, reloads on SIGHUP, stops on SIGTERM."""
-    import os
-    import re
     import signal
-    import subprocess
-    import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "react", "serve", "--index", f"tiny={index_dir}", "--port", "0",
-                             "--state-dir", str(tmp_path), "--log-level", "warning"],
-                            stderr=subprocess.PIPE, text=True, env=os.environ | {"COLUMNS": "200"})
+    proc, url = _serve_process(index_dir, tmp_path)
     try:
-        url = None
-        while url is None:
-            line = proc.stderr.readline()
-            assert line, "react serve exited before printing its address"
-            if m := re.search(r"on (http://127\.0\.0\.1:\d+)", line):
-                url = m.group(1)
         deadline = time.monotonic() + 60
         while httpx.get(url + "/readyz").status_code != 200:
             assert time.monotonic() < deadline
@@ -439,21 +427,9 @@ def test_react_serve_process_sighup_reload(index_dir, tmp_path):
 
 def _serve_process(index: Path, state: Path):
     """A real ``react serve`` on a free loopback port; returns (process, base url)."""
-    import os
-    import re
-    import subprocess
-    import sys
+    from service_fixtures import start_serve
 
-    proc = subprocess.Popen([sys.executable, "-m", "react", "serve", "--index", f"tiny={index}", "--port", "0",
-                             "--state-dir", str(state), "--log-level", "warning"],
-                            stderr=subprocess.PIPE, text=True, env=os.environ | {"COLUMNS": "200"})
-    while True:
-        line = proc.stderr.readline()
-        if not line:
-            proc.kill()
-            raise AssertionError("react serve exited before printing its address")
-        if m := re.search(r"on (http://127\.0\.0\.1:\d+)", line):
-            return proc, m.group(1)
+    return start_serve(["--index", f"tiny={index}"], state)
 
 
 def test_readyz_reports_a_load_failure_that_is_not_a_react_error(index_dir, tmp_path):
