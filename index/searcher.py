@@ -62,9 +62,12 @@ def read_first(path: Path, attempts: tuple[int, ...]) -> faiss.Index:
     """The index read with the first of ``attempts`` (faiss IO flags) that works, list prefetch off;
     a file no attempt can read is one ReactError naming faiss' reason."""
     error: Exception | None = None
+    from index.ondisk import stdout_to_stderr
+
     for flags in attempts:
         try:
-            index = faiss.read_index(str(path), flags)
+            with stdout_to_stderr():  # faiss printf()s where it found the .ivfdata: not the command's answer
+                index = faiss.read_index(str(path), flags)
         except RuntimeError as exc:
             error = exc
             continue
