@@ -1,4 +1,4 @@
-"""List-major batched search of an inner-product IVF-Flat index, using BLAS.
+"""List-major batched search of an inner-product IVF index (Flat or SQ8 codes), using BLAS.
 
 Why: faiss' ``IndexIVF.search`` scans the probed lists query by query with a
 per-vector SIMD kernel, so at the nprobe that CLIP-like text queries need for
@@ -13,7 +13,16 @@ exactly faiss' (same quantizer, same nprobe, exact float32 scores), so the
 results equal ``index.search`` at the same nprobe up to float rounding ties.
 
 The list vectors are numpy views of the index's own inverted lists (zero copy,
-no extra memory). Per-query top-k is kept in faiss heaps
+no extra memory; on-disk lists are views of the memory-mapped file). 8-bit
+scalar-quantized lists (``SQ8``, ``SQ8_uniform``; by residual or not) are
+scored without decoding them one by one: faiss decodes a code byte as
+``vmin + (c + 0.5) / 255 * vdiff``, so ``q . x = q . vmin + 0.5 sum(q')
++ q' . c`` with ``q' = q * vdiff / 255`` -- one GEMM of the scaled queries
+against the list's codes converted to float, plus a per-query constant (and
+``q . centroid`` when codes are residuals). That is the arithmetic faiss does,
+reordered, so the answers again equal ``index.search`` up to float rounding;
+at 10M rows it turns the SQ8 scan, which was faiss' per-query kernel reading
+every probed list once per query, into one read of each list per batch. Per-query top-k is kept in faiss heaps
 (``HeapArray.addn_query_subset_with_ids``, C++); with ``threads > 1`` lists are
 shared out dynamically to that many Python threads (numpy and faiss release the
 GIL), each with its own heaps and a single-threaded BLAS, merged at the end.
@@ -36,8 +45,48 @@ MIN_QUERIES = 32  # below this lists are shared by too few queries for a GEMM to
 _CHUNK = 32  # lists handed to a worker at a time
 
 
-def _ivf_flat_ip(index: faiss.Index) -> tuple[faiss.IndexIVFFlat, list]:
-    """The IndexIVFFlat (IP) inside ``index`` and the query transforms before it."""
+class _Lists:
+    """How to score one inverted list of ``ivf`` against a block of queries."""
+
+    def __init__(self, ivf: faiss.IndexIVF, x: np.ndarray) -> None:
+        self.ivf, self.d = ivf, ivf.d
+        self.sq = type(ivf) is faiss.IndexIVFScalarQuantizer
+        if not self.sq:
+            self.x, self.const, self.centroids = x, None, None
+            return
+        trained = faiss.vector_to_array(ivf.sq.trained).astype(np.float32)
+        vmin, vdiff = trained[: len(trained) // 2], trained[len(trained) // 2:]  # [d] each, or [1] if uniform
+        self.x = np.ascontiguousarray(x * (vdiff / 255.0), dtype=np.float32)
+        self.const = (x @ np.broadcast_to(vmin, (self.d,)) + 0.5 * self.x.sum(axis=1)).astype(np.float32)
+        self.q = x
+        self.centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist) if ivf.by_residual else None
+
+    def scores(self, l: int, qi: np.ndarray, codes, n_l: int, buf: np.ndarray) -> np.ndarray:
+        """[len(qi), n_l] scores of list ``l``. ``buf``: this thread's float32 scratch, [>= n_l, d].
+
+        The GEMM is written list-side first (``X_l @ Q^T``): with the few queries
+        a list gets from a 1,000-query batch, OpenBLAS runs that shape ~1.6x
+        faster than ``Q @ X_l^T``. SQ8 codes are widened into the reused
+        scratch rather than a fresh array, whose allocation page-faults its
+        5 MB on every list."""
+        if not self.sq:
+            xl = faiss.rev_swig_ptr(codes, n_l * self.d * 4).view(np.float32).reshape(n_l, self.d)
+            return np.ascontiguousarray((xl @ self.x[qi].T).T)
+        cl = buf[:n_l]
+        np.copyto(cl, faiss.rev_swig_ptr(codes, n_l * self.d).reshape(n_l, self.d), casting="unsafe")
+        bias = self.const[qi]
+        if self.centroids is not None:
+            bias = bias + self.q[qi] @ self.centroids[l]
+        s = np.ascontiguousarray((cl @ self.x[qi].T).T)
+        s += bias[:, None]
+        return s
+
+
+_SQ_TYPES = (faiss.ScalarQuantizer.QT_8bit, faiss.ScalarQuantizer.QT_8bit_uniform)
+
+
+def _ivf_ip(index: faiss.Index) -> tuple[faiss.IndexIVF, list]:
+    """The IndexIVF (IP, Flat or SQ8 codes) inside ``index`` and the query transforms before it."""
     index = faiss.downcast_index(index)
     chain = []
     if isinstance(index, faiss.IndexPreTransform):
@@ -47,21 +96,25 @@ def _ivf_flat_ip(index: faiss.Index) -> tuple[faiss.IndexIVFFlat, list]:
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     except RuntimeError as e:
         raise ValueError(f"no IVF index inside {type(index).__name__}") from e
-    if type(ivf) is not faiss.IndexIVFFlat:  # IVFFlatDedup / IVFScalarQuantizer / ... store other codes
-        raise ValueError(f"IVF part is {type(ivf).__name__}, need IndexIVFFlat")
-    if type(index) is not faiss.IndexIVFFlat:  # IDMap / Refine / ... change ids or scores
+    if type(ivf) is faiss.IndexIVFFlat:
+        if ivf.code_size != ivf.d * 4:
+            raise ValueError("unexpected IVF-Flat code size")
+    elif type(ivf) is faiss.IndexIVFScalarQuantizer:
+        if ivf.sq.qtype not in _SQ_TYPES or ivf.code_size != ivf.d:
+            raise ValueError("IVF scalar quantizer must be SQ8 or SQ8_uniform")
+    else:  # IVFFlatDedup / IVFPQ / ... store other codes
+        raise ValueError(f"IVF part is {type(ivf).__name__}, need IndexIVFFlat or an SQ8 IndexIVFScalarQuantizer")
+    if type(index) is not type(ivf):  # IDMap / Refine / ... change ids or scores
         raise ValueError(f"{type(index).__name__} wrapper around the IVF is not supported")
     if ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise ValueError("IVF index must use METRIC_INNER_PRODUCT")
-    if ivf.code_size != ivf.d * 4:
-        raise ValueError("unexpected IVF-Flat code size")
     return ivf, chain
 
 
 def supports(index: faiss.Index) -> bool:
-    """Whether ``batched_ivf_search`` can answer for ``index`` (an IP IndexIVFFlat)."""
+    """Whether ``batched_ivf_search`` can answer for ``index`` (an IP IndexIVFFlat or IVF-SQ8)."""
     try:
-        _ivf_flat_ip(index)
+        _ivf_ip(index)
     except ValueError:
         return False
     return True
@@ -88,7 +141,7 @@ def batched_ivf_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner-product search of ``queries`` [nq, d] probing ``nprobe`` lists each.
 
-    ``index`` is an IndexIVFFlat with METRIC_INNER_PRODUCT, possibly behind an
+    ``index`` is an IndexIVFFlat or SQ8 IndexIVFScalarQuantizer with METRIC_INNER_PRODUCT, possibly behind an
     IndexPreTransform (e.g. built by ``index_factory("IVF4096_HNSW32,Flat", ..., IP)``);
     anything else raises ValueError. ``nprobe`` defaults to the index's own. Probes come from the index's own quantizer
     (an HNSW quantizer's efSearch is used as set). ``threads`` defaults to
@@ -96,7 +149,7 @@ def batched_ivf_search(
     ids [nq, k] int64, the index's ids), padded with (-3.4e38, -1) when fewer than
     ``k`` vectors were scanned -- the same as ``index.search`` with ``nprobe``.
     """
-    ivf, chain = _ivf_flat_ip(index)
+    ivf, chain = _ivf_ip(index)
     x = np.ascontiguousarray(queries, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != index.d:
         raise ValueError(f"queries must be [nq, {index.d}]")
@@ -123,6 +176,7 @@ def batched_ivf_search(
     sizes = np.array([inv.list_size(int(l)) for l in range(ivf.nlist)], dtype=np.int64)
     lists = np.flatnonzero((per_list > 0) & (sizes > 0))
     lists = lists[np.argsort(-(per_list[lists] * sizes[lists]), kind="stable")]  # big GEMMs first
+    scorer = _Lists(ivf, x)
     chunks = [lists[i:i + _CHUNK] for i in range(0, len(lists), _CHUNK)]
     next_chunk = itertools.count().__next__  # atomic under the GIL
     errors: list[BaseException] = []
@@ -132,6 +186,7 @@ def batched_ivf_search(
         heap = faiss.float_minheap_array_t()  # min-heap of the k largest scores
         heap.nh, heap.k = nq, k
         heap.val, heap.ids = faiss.swig_ptr(vals[t]), faiss.swig_ptr(ids[t])
+        buf = np.empty((int(sizes.max()) if scorer.sq else 0, d), np.float32)
         # one BLAS thread per worker: multi-threaded OpenBLAS on these small GEMMs is slower
         blas_before = _SET_BLAS_LOCAL(1) if _SET_BLAS_LOCAL is not None else None
         if threads > 1:
@@ -142,9 +197,8 @@ def batched_ivf_search(
                     l = int(l)
                     n_l = int(sizes[l])
                     codes = inv.get_codes(l)
-                    xl = faiss.rev_swig_ptr(codes, n_l * d * 4).view(np.float32).reshape(n_l, d)
                     qi = qof[start[l]:start[l + 1]]
-                    s = x[qi] @ xl.T
+                    s = scorer.scores(l, qi, codes, n_l, buf)
                     heap.addn_query_subset_with_ids(len(qi), faiss.swig_ptr(qi), n_l, faiss.swig_ptr(s),
                                                     inv.get_ids(l), 0)
                     inv.release_codes(l, codes)

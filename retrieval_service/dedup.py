@@ -8,14 +8,17 @@ have cosine similarity >= ``DEFAULT_DEDUP_THRESHOLD`` (0.94, clip-retrieval's
 that relation) and collapsed into the group's best-scoring pair, which keeps
 the union of their classes and queries.
 
-Neighbours are found through the corpus' own image index: each retrieved
-pair's image vector (read back exactly from a Flat-coded index, else from the
-embedding folder) is searched with ``NEIGHBOURS`` results, and only neighbours
-that were themselves retrieved count. That costs one index query per
-retrieved pair -- linear, unlike an all-pairs comparison -- and finds groups
-of up to ``NEIGHBOURS`` copies directly (larger groups still connect through
-their members). Without an image index the comparison is exact among the
-retrieved pairs, up to ``MAX_FLAT`` of them.
+Only pairs among the retrieved rows count, so the comparison runs among them
+and never touches the corpus index: up to ``SMALL`` rows, exactly (all
+pairs); above, the retrieved vectors are put into a temporary inverted file
+(float16 codes, the image index's own coarse quantizer when it has one, else
+k-means over the retrieved set) and each is range-searched in its
+``PROBES`` nearest cells. Near-duplicates at cosine >= 0.9 sit in the same or
+an adjacent cell, so this finds the pairs an all-pairs scan would (tested
+against it) at a cost linear in the rows. It replaced one corpus-index query
+per retrieved row, which at 10M rows cost as much as the task's search
+(docs/scale.md). Vectors are read in ``CHUNK``-row blocks, so memory is the
+float16 copy of the retrieved set plus one block.
 """
 from __future__ import annotations
 
@@ -28,9 +31,9 @@ import numpy as np
 from index.vectors import MIN_NORM
 
 DEFAULT_DEDUP_THRESHOLD = 0.94
-NEIGHBOURS = 16
-CHUNK = 8192
-MAX_FLAT = 100_000
+SMALL = 20_000  # rows up to which the exact all-pairs comparison is cheaper than clustering them
+PROBES = 3  # cells each retrieved vector is compared in
+CHUNK = 65_536  # vectors read at a time
 
 
 class NearDuplicates:
@@ -96,42 +99,57 @@ class NearDuplicates:
 
     def edges(self, rows: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray] | None:
         """Pairs ``(a, b)`` of positions into ``rows`` whose images are >= ``threshold`` similar."""
-        if "image" in self.searcher.modalities:
-            if self._vectors(rows[:1]) is None:
-                return None
-            return self._edges_via_index(rows, threshold)
-        if len(rows) > MAX_FLAT:
-            self.unavailable = f"near-duplicate collapse skipped: no image index and {len(rows)} rows > {MAX_FLAT}"
+        if self._vectors(rows[:1]) is None:
             return None
-        fetched = self._vectors(rows)
-        if fetched is None:
-            return None
-        vecs, has = fetched
-        where = np.flatnonzero(has)  # positions with an image vector; the others join no group
-        flat = faiss.IndexFlatIP(vecs.shape[1])
-        flat.add(vecs[where])
-        lims, _, found = flat.range_search(vecs[where], float(threshold))
-        a = np.repeat(np.arange(len(where)), np.diff(lims))
-        keep = a != found
-        return where[a[keep]].astype(np.int64), where[found[keep]].astype(np.int64)
+        if len(rows) <= SMALL:
+            vecs, has = self._vectors(rows)
+            where = np.flatnonzero(has)  # positions with an image vector; the others join no group
+            flat = faiss.IndexFlatIP(vecs.shape[1])
+            flat.add(vecs[where])
+            return _pairs(flat, vecs[where], where, threshold)
+        return self._edges_via_cells(rows, threshold)
 
-    def _edges_via_index(self, rows: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        sorter = np.argsort(rows)
-        sorted_rows = rows[sorter]
-        out_a, out_b = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-        k = min(NEIGHBOURS, self.searcher.modalities["image"].index.ntotal)
+    def _edges_via_cells(self, rows: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        blocks = []  # (positions, float16 unit vectors) per CHUNK rows: half the float32 copy
         for lo in range(0, len(rows), CHUNK):
             vecs, has = self._vectors(rows[lo : lo + CHUNK])
-            if not has.any():
-                continue
-            scores, found = self.searcher.search(vecs[has], k, modality="image", query_modality="image")
-            a = np.repeat(lo + np.flatnonzero(has), found.shape[1])
-            b_row, s = found.reshape(-1), scores.reshape(-1)
-            pos = np.searchsorted(sorted_rows, b_row)
-            pos = np.minimum(pos, len(sorted_rows) - 1)
-            retrieved = (sorted_rows[pos] == b_row) & (b_row >= 0) & (s >= threshold)
-            b = sorter[pos]
-            keep = retrieved & (b != a)
-            out_a.append(a[keep])
-            out_b.append(b[keep])
-        return np.concatenate(out_a).astype(np.int64), np.concatenate(out_b).astype(np.int64)
+            blocks.append((lo + np.flatnonzero(has), vecs[has].astype(np.float16)))
+        quantizer = self._quantizer(blocks, len(rows))
+        cells = faiss.IndexIVFScalarQuantizer(quantizer, quantizer.d, quantizer.ntotal,
+                                              faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT, False)
+        cells.train(np.zeros((1, quantizer.d), np.float32))  # quantizer trained, fp16 codes learn nothing
+        cells.nprobe = min(PROBES, quantizer.ntotal)
+        for positions, vecs in blocks:
+            if len(positions):
+                cells.add_with_ids(vecs.astype(np.float32), positions)
+        pairs = [_pairs(cells, vecs.astype(np.float32), positions, threshold) for positions, vecs in blocks]
+        return np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])
+
+    def _quantizer(self, blocks: list, n: int) -> faiss.Index:
+        """The image index's coarse quantizer when it works on raw vectors, else k-means over ~sqrt(n) cells."""
+        mod = self.searcher.modalities.get("image")
+        if mod is not None:
+            top = faiss.downcast_index(mod.index)
+            ivf = faiss.try_extract_index_ivf(top)
+            if (ivf is not None and not isinstance(top, faiss.IndexPreTransform)
+                    and ivf.metric_type == faiss.METRIC_INNER_PRODUCT):
+                return ivf.quantizer
+        nlist = max(1, int(np.sqrt(n)))
+        step = max(1, n // (32 * nlist))  # ~32 training vectors per cell
+        sample = np.concatenate([vecs[::step] for _, vecs in blocks]).astype(np.float32)
+        kmeans = faiss.Kmeans(sample.shape[1], nlist, niter=10, seed=1, spherical=True, max_points_per_centroid=64)
+        kmeans.train(sample)
+        return kmeans.index
+
+
+def _pairs(index: faiss.Index, vecs: np.ndarray, positions: np.ndarray, threshold: float
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(positions[i], id)`` for every other vector of ``index`` within ``threshold`` of ``vecs[i]``;
+    ``index`` ids are positions."""
+    if len(vecs) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lims, _, found = index.range_search(np.ascontiguousarray(vecs, dtype=np.float32), float(threshold))
+    a = np.repeat(positions, np.diff(lims).astype(np.int64)).astype(np.int64)
+    b = positions[found] if isinstance(index, faiss.IndexFlat) else found.astype(np.int64)
+    keep = a != b
+    return a[keep], b[keep]

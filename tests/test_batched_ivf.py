@@ -23,11 +23,21 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return xb, xq
 
 
-@pytest.fixture(scope="module", params=["IVF64,Flat", "IVF64_HNSW32,Flat", "L2norm,IVF64,Flat"])
+@pytest.fixture(scope="module", params=["IVF64,Flat", "IVF64_HNSW32,Flat", "L2norm,IVF64,Flat",
+                                               "IVF64,SQ8", "IVF64_HNSW32,SQ8", "uniform SQ8"])
 def index(request, data) -> faiss.Index:
     xb, _ = data
-    idx = faiss.index_factory(D, request.param, faiss.METRIC_INNER_PRODUCT)
+    if request.param == "uniform SQ8":  # no factory string for it
+        quantizer = faiss.IndexFlatIP(D)
+        idx = faiss.IndexIVFScalarQuantizer(quantizer, D, 64, faiss.ScalarQuantizer.QT_8bit_uniform,
+                                            faiss.METRIC_INNER_PRODUCT)
+        idx.own_fields = True
+        quantizer.this.disown()
+    else:
+        idx = faiss.index_factory(D, request.param, faiss.METRIC_INNER_PRODUCT)
     faiss.extract_index_ivf(idx).cp.niter = 5
+    if request.param == "IVF64,SQ8":  # faiss encodes SQ residuals by default; cover direct codes too
+        faiss.extract_index_ivf(idx).by_residual = False
     idx.train(xb)
     idx.add(xb)
     return idx
@@ -72,10 +82,11 @@ def test_k_larger_than_lists(index, data) -> None:
 
 def test_rejects_other_indexes(data) -> None:
     xb, xq = data
-    sq = faiss.index_factory(D, "IVF16,SQ8", faiss.METRIC_INNER_PRODUCT)
-    sq.train(xb[:2000])
-    with pytest.raises(ValueError):
-        batched_ivf_search(sq, xq, 10, 4)
+    for other in ("IVF16,SQ4", "IVF16,PQ8", "IVF16,SQfp16"):
+        idx = faiss.index_factory(D, other, faiss.METRIC_INNER_PRODUCT)
+        idx.train(xb[:2000])
+        with pytest.raises(ValueError):
+            batched_ivf_search(idx, xq, 10, 4)
     l2 = faiss.index_factory(D, "IVF16,Flat")
     l2.train(xb[:2000])
     with pytest.raises(ValueError):

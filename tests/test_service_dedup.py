@@ -38,3 +38,31 @@ def test_text_hit_whose_image_row_is_nan_gets_no_neighbours_vector(tmp_path, fac
     # /knn-service's dedup reads the same vectors: row 1 has none, so it matches nothing there either.
     vecs, has = NearDuplicates(searcher)._vectors(rows)
     assert has.tolist() == [True, False, True, True] and not vecs[1].any()
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "HNSW16"])  # the index's own quantizer / k-means over the set
+def test_cell_search_finds_every_pair_all_pairs_finds(tmp_path, factory, monkeypatch):
+    """Above SMALL rows the retrieved set is compared cell by cell; planted groups of near-copies
+    (cosine 0.999) beside far copies (0.86) must come out exactly as the exact
+    all-pairs comparison gives them."""
+    from retrieval_service import dedup
+
+    rng = np.random.default_rng(1)
+    n, dim = 3000, 32
+    img = rng.standard_normal((n, dim)).astype(np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    for g in range(0, 600, 6):  # 100 groups of 3 copies, and a far pair
+        for j in (1, 2):
+            noise = rng.standard_normal(dim).astype(np.float32)
+            img[g + j] = img[g] + (0.05 if j == 1 else 0.6) * noise / np.linalg.norm(noise)
+    emb = tmp_path / "emb"
+    write_embedding_folder(emb, img, rng.standard_normal((n, dim)).astype(np.float32), part_size=n)
+    build_index(emb, tmp_path / "index", factory=factory, n_queries=10, k=5)
+    searcher = Searcher(tmp_path / "index")
+    rows = rng.permutation(n)[:2500]
+    exact = NearDuplicates(searcher).edges(rows, 0.94)
+    monkeypatch.setattr(dedup, "SMALL", 100)
+    monkeypatch.setattr(dedup, "CHUNK", 700)  # several blocks
+    cells = NearDuplicates(searcher).edges(rows, 0.94)
+    want, got = set(zip(*map(np.ndarray.tolist, exact))), set(zip(*map(np.ndarray.tolist, cells)))
+    assert len(want) > 100 and got == want
