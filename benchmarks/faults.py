@@ -322,7 +322,7 @@ class Download(Stage):
     def torn(self, out):
         import pyarrow.parquet as pq
 
-        from index.download.shardsdir import BrokenShard, check_shard
+        from download.shardsdir import BrokenShard, check_shard
 
         bad = []
         if not out.exists():

@@ -117,7 +117,7 @@ def model_only(base: Path, device: torch.device, batch: int, iters: int) -> floa
 def decode_ceiling(shards: Path, spec, device: torch.device, batch: int, limit: int) -> float:
     """Batched decode (nvjpeg on CUDA, the CPU fallback otherwise) + batched resize
     of JPEG bytes already in memory."""
-    from customize import gpu_batch
+    from react import batch_decode as gpu_batch
 
     datas: list[bytes] = []
     for tar in sorted(shards.glob("*.tar")):
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
 
     from benchmarks.train_bench import run_mode
-    from customize import gpu_batch
+    from react import batch_decode as gpu_batch
     from react.models import load_model
 
     report: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",

@@ -206,6 +206,10 @@ def serve_task(index_dir: Path, classes: int, work: Path) -> dict:
             "file_after_task_mib": mib(after.get("RssFile", 0)), "peak_anon_mib": stats["peak_anon_mib"]}
 
 
+def _factory(index_dir: Path) -> str | None:
+    return json.loads((index_dir / "index.json").read_text())["indices"]["image"].get("factory")
+
+
 def extrapolate(n: int, build: dict, entry: dict, search: dict, executors: tuple[int, ...]) -> list[dict]:
     """Per-vector costs measured at ``n`` scaled to LAION sizes (see the module docstring)."""
     bytes_per_vec = (entry.get("ivfdata_bytes", 0) + entry["bytes"]) / entry["count"]
@@ -240,6 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", type=Path, default=REPO / "out" / "bench" / "scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--reuse", action="store_true",
+                   help="keep an index already built under --work (same factory): re-tune it with `react index tune` "
+                        "instead of rebuilding, then measure as usual (build figures come from its index.json)")
     args = p.parse_args(argv)
 
     from index.factory import default_nlist
@@ -269,7 +276,11 @@ def main(argv: list[str] | None = None) -> dict:
         cmd = REACT + ["index", "build", str(emb), "--out", str(out), "--modality", "image", "--factory", factory,
                        "--memory-gb", str(args.memory_gb), "--target-recall", str(args.target_recall),
                        "--k", str(args.k), "--queries", str(tune_q), "--on-disk", "--overwrite", *extra]
-        stats = run_measured(cmd, args.work / f"build_{name}.log")
+        if args.reuse and (out / "index.json").is_file() and _factory(out) == factory:
+            cmd = REACT + ["index", "tune", str(out), "--target-recall", str(args.target_recall), "--k", str(args.k),
+                           "--queries", str(tune_q)]
+            print(f"      --reuse: re-tuning the existing build instead", flush=True)
+        stats = run_measured(cmd, args.work / f"build_{name}.log") | {"reused": cmd[len(REACT) + 1] == "tune"}
         entry = json.loads((out / "index.json").read_text())["indices"]["image"]
         stats |= {"params": entry["search_params"], "tuned_recall": entry["recall"]["value"],
                   "index_bytes": entry["bytes"] + entry.get("ivfdata_bytes", 0), "index_s": entry["build_s"]}

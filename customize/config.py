@@ -57,7 +57,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_templates: str | None = None
     stop_after: int | None = None     # stop (with a checkpoint) after this many steps in this invocation
-    decoder: str = "auto"             # auto|gpu|cpu|pil (customize.gpu_batch); auto: gpu on CUDA, else pil
+    decoder: str = "auto"             # auto|gpu|cpu|pil (react.batch_decode); auto: gpu on CUDA, else pil
     compile: bool | None = None       # torch.compile the image tower; None: on CUDA only
     resume: bool = False
     overwrite: bool = False
@@ -113,7 +113,7 @@ def validate(c: TrainConfig) -> None:
         raise ReactError(f"--batch-size must be at least 2 (a contrastive batch needs negatives), got {c.batch_size}")
     if c.augment not in AUGMENTATIONS:
         raise ReactError(f"unknown --augment {c.augment!r} (choose from {', '.join(AUGMENTATIONS)})")
-    from customize.gpu_batch import DECODERS
+    from react.batch_decode import DECODERS
 
     if c.decoder not in DECODERS:
         raise ReactError(f"unknown --decoder {c.decoder!r} (choose from {', '.join(DECODERS)})")

@@ -232,7 +232,7 @@ class Skipped:
 
 @dataclass
 class RawItem:
-    """What a worker hands the batched decoder (customize.gpu_batch): the image's
+    """What a worker hands the batched decoder (react.batch_decode): the image's
     bytes (``gpu``) or its decoded uint8 [3, H, W] (``cpu``), and its crop/flip."""
 
     index: int
@@ -280,7 +280,7 @@ class PairBytes(PairImages):
         self.spec, self.decode = spec, decode
 
     def __getitem__(self, item: tuple[int, int]) -> RawItem | Skipped | LoadFailure:
-        from customize.gpu_batch import cpu_decode, draw_params, image_size
+        from react.batch_decode import cpu_decode, draw_params, image_size
 
         i, epoch = item
         member = self.index.image(i)

@@ -27,7 +27,7 @@ from customize.constants import DEFAULT_MLP_RATIO
 from react.errors import ReactError
 
 ATTR = "react_gated"  # the child-module name under each host layer
-ARCHITECTURE = "react-gated"  # what exported configs name (react.models.ARCHITECTURES)
+ARCHITECTURE = "react-gated"  # what exported configs name (registered in pyproject.toml, react.plugins)
 
 
 class GatedBlock(nn.Module):

@@ -230,7 +230,7 @@ def train(c: TrainConfig) -> dict[str, Any]:
         np.random.seed(c.seed)
 
     stop = p.steps if c.stop_after is None else min(p.steps, start + c.stop_after)
-    from customize import gpu_batch
+    from react import batch_decode as gpu_batch
 
     preprocess_cfg = get_model_preprocess_cfg(accelerator.unwrap_model(model))
     spec = gpu_batch.train_spec(preprocess_cfg, c.augment, base.preprocess)

@@ -20,7 +20,7 @@ __all__ = ["build_classification_dataset", "evaluate_zeroshot", "get_templates"]
 _LAZY = {
     "build_classification_dataset": "downstream.datasets",
     "evaluate_zeroshot": "downstream.zeroshot",
-    "get_templates": "downstream.templates",
+    "get_templates": "react.templates",
     "evaluate_linear_probe": "downstream.linear_probe_cmd",
     "build_captioned_dataset": "downstream.captioned",
     "evaluate_retrieval": "downstream.retrieval",
@@ -32,7 +32,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from downstream.datasets import build_classification_dataset
-    from downstream.templates import get_templates
+    from react.templates import get_templates
     from downstream.zeroshot import evaluate_zeroshot
 
 

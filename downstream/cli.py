@@ -160,7 +160,7 @@ def print_classification_table(result: dict, worst: int = 5) -> None:
 
 def run_zeroshot(args: argparse.Namespace) -> int:
     from downstream.datasets import build_classification_dataset
-    from downstream.templates import get_templates
+    from react.templates import get_templates
     from downstream.zeroshot import evaluate_zeroshot
     from react.models import load_model
     from react.progress import console

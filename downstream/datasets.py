@@ -106,7 +106,7 @@ def _own_templates(path: Path) -> list[str] | None:
     """A dataset's own prompt templates, if it ships a file of them."""
     if not path.is_file():
         return None
-    from downstream.templates import read_template_file
+    from react.templates import read_template_file
 
     return read_template_file(path)
 

@@ -86,7 +86,7 @@ def run_detection(args: argparse.Namespace) -> int:
     from downstream.cocodata import load_instances, load_proposals, resolve_detection_dataset
     from downstream.detection import evaluate_detection
     from downstream.scenes import ensure_scenes, is_embedded_corpus
-    from downstream.templates import describe_templates, get_templates
+    from react.templates import describe_templates, get_templates
     from downstream.zeroshot import class_embeddings
     from react.models import load_model
     from react.progress import console

@@ -182,7 +182,7 @@ def print_linear_probe_table(result: dict) -> None:
 
 def run_linear_probe(args: argparse.Namespace) -> int:
     from downstream.cli import check_device, resolve_workers, write_result
-    from downstream.templates import get_templates
+    from react.templates import get_templates
     from react.models import load_model
     from react.progress import console
 

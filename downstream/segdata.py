@@ -153,7 +153,7 @@ def resolve_root(path: str | Path) -> Path:
 
 
 def _own_templates(root: Path, original: Path) -> list[str] | None:
-    from downstream.templates import read_template_file
+    from react.templates import read_template_file
 
     for path in (root / "templates.txt", original / "downstream_templates.txt"):
         if path.is_file():

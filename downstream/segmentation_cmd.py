@@ -68,7 +68,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
     from downstream.cli import check_device, write_result
     from downstream.segdata import build_segmentation_dataset
     from downstream.segmentation import evaluate_segmentation
-    from downstream.templates import DEFAULT_TEMPLATES, describe_templates, get_templates
+    from react.templates import DEFAULT_TEMPLATES, describe_templates, get_templates
     from react.models import load_model
     from react.progress import console
 

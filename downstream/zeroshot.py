@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from downstream.datasets import ClassificationDataset
 from downstream.metrics import mean_per_class_recall, per_class_recall, topk_accuracy
-from downstream.templates import DEFAULT_TEMPLATES, describe_templates, get_templates
+from react.templates import DEFAULT_TEMPLATES, describe_templates, get_templates
 from react.errors import ReactError
 from react.loading import LoadFailure, check_batch, collate, guarded
 from react.models import LoadedModel

@@ -101,7 +101,7 @@ def source_bytes(source: ImageSource) -> tuple[bytes, str]:
 
 
 class _RawImages(_Images):
-    """For the batched decoders (customize.gpu_batch): bytes (``gpu``) or the
+    """For the batched decoders (react.batch_decode): bytes (``gpu``) or the
     decoded uint8 image (``cpu``), with the eval crop's parameters."""
 
     def __init__(self, sources: Sequence[ImageSource], spec: Any, decode: bool) -> None:
@@ -109,7 +109,7 @@ class _RawImages(_Images):
         self.spec, self.decode = spec, decode
 
     def __getitem__(self, index: int) -> tuple | LoadFailure:
-        from customize.gpu_batch import cpu_decode, draw_params, image_size
+        from react.batch_decode import cpu_decode, draw_params, image_size
 
         def load() -> tuple:
             data, name = source_bytes(self.sources[index])
@@ -143,7 +143,7 @@ def _image_batches(sources: Sequence[ImageSource], loaded: Any, batch_size: int,
         for batch in map(check_batch, loader):
             yield batch.to(loaded.device, non_blocking=True)
         return
-    from customize.gpu_batch import to_device_batch
+    from react.batch_decode import to_device_batch
 
     loader = DataLoader(_RawImages(sources, spec, decode=decoder == "cpu"), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_collate_raw, persistent_workers=False,
@@ -291,7 +291,7 @@ def embed_corpus(
     n_workers = resolve_workers(workers, loaded.device)
     from concurrent.futures import ThreadPoolExecutor
 
-    from customize.gpu_batch import describe, eval_spec, resolve_decoder
+    from react.batch_decode import describe, eval_spec, resolve_decoder
 
     spec = eval_spec(loaded.preprocess)
     chosen, why = resolve_decoder(decoder, loaded.device, spec)

@@ -1,21 +1,15 @@
-"""The ``react`` command: assembles the stages' sub-commands.
-
-Stage packages are imported only when their command runs, so ``react --help``
-is instant and the core never depends on a stage at import time.
+"""The ``react`` command: assembles the sub-commands the stages register
+(entry point group ``react.commands``, see react.plugins), so the core never
+names a stage.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Callable, Sequence
 
+from react import plugins
 from react.errors import ReactError
-
-# Modules that each expose ``add_parsers(subparsers)``; their commands set
-# ``func`` via set_defaults.
-STAGES: tuple[str, ...] = ("react.embedded.cli", "downstream.cli", "index.cli", "retrieval_service.cli",
-                           "index.download.cli", "customize.cli", "react.demo", "downstream.report_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="react 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in STAGES:
-        importlib.import_module(name).add_parsers(sub)
+    for entry in plugins.registered(plugins.COMMANDS).values():
+        entry.load()(sub)  # add_parsers(subparsers); each command sets ``func`` via set_defaults
     return parser
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from react import plugins
 from react.errors import ReactError
 from react.schemas import atomic_dir
 
@@ -24,21 +25,12 @@ CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 LOCAL_PREFIX = "local-dir:"
 
-# Customized models (customize/) extend open_clip's architecture. An exported
-# model directory names its extension in config["react"]["architecture"]; a
-# customization run directory holds RUN_FILE. The stage module that rebuilds
-# them is imported only when such a model is loaded, so the core imports no
-# stage up front. Values are "module:function".
-ARCHITECTURES = {"react-gated": "customize.gated:apply_architecture"}
+# Customized models extend open_clip's architecture. An exported model
+# directory names its extension in config["react"]["architecture"]; a
+# customization run directory holds RUN_FILE. The stage that rebuilds them
+# registers itself (react.plugins), so the core names no stage.
 RUN_FILE = "react_run.json"
-RUN_LOADER = "customize.checkpoint:load_run"
-
-
-def _hook(target: str) -> Callable[..., Any]:
-    import importlib
-
-    module, _, func = target.partition(":")
-    return getattr(importlib.import_module(module), func)
+RUN_FORMAT = "react-run"
 
 
 @dataclass
@@ -89,7 +81,7 @@ class LoadedModel:
     def class_embeddings(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """CLIP's prompt ensemble: mean of normalized template embeddings, renormalized.
 
-        Templates use ``{}`` for the class (``downstream.templates`` normalizes
+        Templates use ``{}`` for the class (``react.templates`` normalizes
         other spellings). Returns [num_classes, dim]."""
         if not classnames:
             raise ReactError("no class names given")
@@ -159,15 +151,14 @@ def load_model(
     local_path = Path(local).expanduser()
 
     if local_path.is_dir() and (local_path / RUN_FILE).is_file():
-        return _hook(RUN_LOADER)(local_path, device=device)
+        return plugins.load(plugins.RUN_FORMATS, RUN_FORMAT, str(local_path))(local_path, device=device)
     if local_path.is_dir():
         config = read_model_dir(local_path)
         model_cfg = config["model_cfg"]
         text_cfg = _resolve_hf_path(model_cfg.get("text_cfg", {}))
         model_cfg = model_cfg | {"text_cfg": text_cfg}
         arch = (config.get("react") or {}).get("architecture")
-        if arch is not None and arch not in ARCHITECTURES:
-            raise ReactError(f"{local_path}: unknown model architecture {arch!r}")
+        apply_arch = None if arch is None else plugins.load(plugins.ARCHITECTURES, arch, str(local_path))
         try:
             # An extended architecture is built bare, grown, then loaded strictly.
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -177,7 +168,7 @@ def load_model(
             if arch is not None:
                 from safetensors.torch import load_model as load_safetensors
 
-                _hook(ARCHITECTURES[arch])(model, config["react"])
+                apply_arch(model, config["react"])
                 load_safetensors(model, str(local_path / WEIGHTS_FILE), strict=True, device=str(device))
         except (RuntimeError, ValueError, OSError) as exc:
             raise ReactError(f"cannot load model from {local_path}: {str(exc).splitlines()[0]}") from None

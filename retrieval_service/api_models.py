@@ -23,7 +23,7 @@ from retrieval_service.task import Limits
 # those for which str.isspace() is true. Not \S: regex engines disagree on U+001C..U+001F (the fuzzer's
 # generator took "\x1e" for text, which strip() removes).
 TEXT_PATTERN = r"[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
-# One class-name placeholder ({}, {c}, {class} or {classname}) and no other brace (downstream/templates.py).
+# One class-name placeholder ({}, {c}, {class} or {classname}) and no other brace (react/templates.py).
 TEMPLATE_PATTERN = r"^[^{}]*\{(?:c|class|classname)?\}[^{}]*$"
 EMBEDDING_MAX_ABS = 1e6  # a component beyond this is no embedding (and overflows float32 norms)
 EMBEDDING_MIN_ABS = 1e-6  # at least one component this large: the vector has a direction
@@ -105,10 +105,10 @@ def request_models(max_search_k: int = 1000, limits: Limits = Limits(), dim: Opt
                    template_sets: Optional[dict[str, int]] = None, default_set: str = "imagenet") -> SimpleNamespace:
     """The request models with this service's limits: ``max_search_k`` (k of one search), ``limits``
     (task retrieval and text length), ``dim`` (every index's dimension, None when they differ),
-    ``template_sets`` (name -> number of templates; default: downstream.templates' sets)."""
+    ``template_sets`` (name -> number of templates; default: react.templates' sets)."""
     text_chars = limits.max_text_chars
     if template_sets is None:
-        from downstream.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+        from react.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
 
         template_sets, default_set = {n: len(t) for n, t in TEMPLATE_SETS.items()}, DEFAULT_TEMPLATES
     # A named set larger than --max-templates is refused (400): the schema offers only those that fit, and

@@ -212,7 +212,7 @@ def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
 
     # --- task retrieval -------------------------------------------------------------------------
     def _spec(req: RetrieveRequest):
-        from downstream.templates import TEMPLATE_SETS
+        from react.templates import TEMPLATE_SETS
 
         if isinstance(req.templates, str) and req.templates.lower() not in TEMPLATE_SETS:
             # A name only: the service never opens a file a client names.

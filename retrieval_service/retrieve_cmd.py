@@ -25,7 +25,7 @@ def read_classes(path: Path) -> list[str]:
 
 
 def retrieve(args: argparse.Namespace) -> int:
-    from downstream.templates import get_templates
+    from react.templates import get_templates
 
     classes = read_classes(args.classes)
     templates = get_templates(args.templates)  # a set name or a file, read on this side in both modes

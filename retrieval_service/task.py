@@ -86,7 +86,7 @@ def validate_spec(classes: Sequence, templates: Sequence | None, k: int, mode: s
 
     Class names are stripped; exact repeats are merged (ImageNet's list has
     two "crane"s) with a warning, since a row cannot carry one name twice."""
-    from downstream.templates import get_templates, normalize_templates
+    from react.templates import get_templates, normalize_templates
 
     if not isinstance(classes, (list, tuple)) or not classes:
         raise ReactError("classes: need a non-empty list of class names")

@@ -56,7 +56,7 @@ def _picture(color: tuple[int, int, int], seed: int) -> bytes:
 
 def build_image_index(root: Path, model, model_dir: Path) -> Path:
     """Corpus (retrieval.parquet + images/) -> embedding folder -> index, as `react embed` records it."""
-    from downstream.templates import get_templates
+    from react.templates import get_templates
     from index.build import build_index
     from index.embed import write_embedding_folder
 

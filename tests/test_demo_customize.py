@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from react.demo_customize import _run_state, random_subset
+from demo.customize_runs import _run_state, random_subset
 from react.errors import ReactError
 from react.schemas import SUBSET_SCHEMA, write_parquet
 
@@ -70,7 +70,7 @@ def test_run_state_reuses_only_finished_runs_with_the_same_command_base_and_data
 
 def test_eval_result_is_reused_only_for_the_same_weights_task_dataset_and_options(tmp_path):
     """issue 16: a changed eval option or dataset used to get the old figure back."""
-    from react.demo_transfer import evaluate
+    from demo.transfer import evaluate
     from react.models import WEIGHTS_FILE
 
     model = tmp_path / "model"

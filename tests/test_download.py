@@ -329,7 +329,7 @@ def test_killed_run_resumes_and_never_leaves_a_partial_shard(web, tmp_path):
         proc.wait(timeout=30)
     committed = sorted(p.name[:5] + ".tar" for p in out.glob("*_stats.json"))
     assert committed and len(committed) < 4 and not (out / SHARD_SIZES_FILE).exists()
-    from index.download.shardsdir import check_shard
+    from download.shardsdir import check_shard
 
     for name in committed:  # a committed shard is whole
         check_shard(out, int(name[:5]))

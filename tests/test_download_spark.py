@@ -1,5 +1,5 @@
 """``react download --distributor pyspark`` in Spark's local mode, against the
-project's loopback web (index/download/loopback.py): the same shards as
+project's loopback web (download/loopback.py): the same shards as
 ``--distributor multiprocessing``.
 
 One Spark session (a JVM) in a child process, three shards: the JVM's start
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from index.download.loopback import serve_corpus
+from download.loopback import serve_corpus
 from react.cli import run
 from react.schemas import DOWNLOAD_MANIFEST, SHARD_SIZES_FILE
 
@@ -118,7 +118,7 @@ def test_spark_master_refusals(corpus, tmp_path, capsys):
 
 
 def test_one_line_from_a_spark_error():
-    from index.download.spark import one_line
+    from download.spark import one_line
 
     spark_text = ("[PYTHON_EXCEPTION] An exception was thrown from the Python worker: Traceback (most recent "
                   "call last):\n  File \"worker.py\", line 4197, in invoke_udf\n    func = read_command()\n"

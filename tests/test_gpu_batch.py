@@ -1,4 +1,4 @@
-"""Batched decode + augmentation (customize/gpu_batch.py) on CPU: same pixels as
+"""Batched decode + augmentation (react/batch_decode.py) on CPU: same pixels as
 the per-sample loader within a stated tolerance, resume still bit-identical,
 corrupt images counted and skipped by name, compile falling back cleanly.
 
@@ -74,7 +74,7 @@ def _levels(a: torch.Tensor, b: torch.Tensor, std: list[float]) -> torch.Tensor:
 def test_batched_matches_per_sample_loader(photo_shards, tiny_model, recipe):
     from open_clip import image_transform
 
-    from customize import gpu_batch
+    from react import batch_decode as gpu_batch
     from customize.data import PairBytes, PairImages, collate_pairs, index_shards, train_transform
 
     cfg = {"size": 32, "mean": [0.48, 0.46, 0.41], "std": [0.27, 0.26, 0.28], "interpolation": "bicubic"}
@@ -103,7 +103,7 @@ def test_batched_matches_per_sample_loader(photo_shards, tiny_model, recipe):
 
 
 def test_eval_spec_of_embed_preprocess(tiny_model):
-    from customize import gpu_batch
+    from react import batch_decode as gpu_batch
 
     spec = gpu_batch.eval_spec(tiny_model.preprocess)
     assert spec is not None and spec.size == (32, 32) and spec.mode == "center"
@@ -116,7 +116,7 @@ def test_eval_spec_of_embed_preprocess(tiny_model):
 
 
 def test_decoder_choice():
-    from customize.gpu_batch import ResizeSpec, resolve_decoder
+    from react.batch_decode import ResizeSpec, resolve_decoder
 
     spec = ResizeSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)
     cpu = torch.device("cpu")
@@ -180,7 +180,7 @@ def test_corrupt_jpeg_is_counted_skipped_and_named(tiny_model_dir, tmp_path, dec
 def test_gpu_path_skips_what_no_decoder_reads():
     """The nvjpeg path's per-member fallback, run on the CPU: a JPEG with a valid
     header and garbage after it goes to PIL, and is reported when PIL refuses it."""
-    from customize import gpu_batch
+    from react import batch_decode as gpu_batch
 
     spec = gpu_batch.ResizeSpec(size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3)
     good = _photo(0)

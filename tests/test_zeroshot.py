@@ -16,7 +16,7 @@ from PIL import Image
 
 from downstream import metrics
 from downstream.datasets import build_classification_dataset
-from downstream.templates import IMAGENET_TEMPLATES, get_templates
+from react.templates import IMAGENET_TEMPLATES, get_templates
 from react.errors import ReactError
 from react.schemas import CLASSES_FILE, RESULT_KEYS
 

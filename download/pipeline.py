@@ -11,11 +11,11 @@ from react.errors import ReactError
 from react.progress import console, progress
 from react.schemas import SHARD_SUBSET_KEY
 
-from index.download.inputs import read_subset
-from index.download.options import DownloadOptions
-from index.download.runner import Round, run_round
-from index.download.shardsdir import ShardsDir
-from index.download.summary import print_summary, summarize
+from download.inputs import read_subset
+from download.options import DownloadOptions
+from download.runner import Round, run_round
+from download.shardsdir import ShardsDir
+from download.summary import print_summary, summarize
 
 
 def download_subset(subset: str | Path, out: str | Path, *, local_corpus: str | Path | None = None,
@@ -37,7 +37,7 @@ def download_subset(subset: str | Path, out: str | Path, *, local_corpus: str | 
     sub = read_subset(subset, opts.keep)
     local = None
     if local_corpus is not None:
-        from index.download.local import LocalCorpus
+        from download.local import LocalCorpus
 
         local = LocalCorpus(local_corpus)
     record = {"path": str(sub.path), "rows": sub.rows, "digest": sub.digest}
@@ -57,7 +57,7 @@ def download_subset(subset: str | Path, out: str | Path, *, local_corpus: str | 
     def prepared(table: pa.Table, index: int) -> tuple[pa.Table, list[str], tuple | None]:
         if local is None:
             return table, columns, None
-        from index.download.local import LOCAL_URL, RESTORE
+        from download.local import LOCAL_URL, RESTORE
 
         return local.prepare(table, image_paths, folder.work / "inputs" / f"files-{index}"), \
             [*columns, LOCAL_URL], RESTORE

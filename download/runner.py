@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from react.errors import ReactError
 from react.progress import progress
 
-from index.download.options import DownloadOptions
-from index.download.shardsdir import BrokenShard, ShardInfo, ShardsDir, check_shard, shard_files
+from download.options import DownloadOptions
+from download.shardsdir import BrokenShard, ShardInfo, ShardsDir, check_shard, shard_files
 
 LOG_NAME = "img2dataset.log"
 POLL_S = 0.25
@@ -80,7 +80,7 @@ def run_round(folder: ShardsDir, rnd: Round, opts: DownloadOptions, label: str) 
         except (ReactError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 -- img2dataset's own failure, named
-            from index.download.spark import one_line
+            from download.spark import one_line
 
             raise ReactError(f"img2dataset failed: {one_line(exc)} (log: {log})") from None
         finally:
@@ -147,7 +147,7 @@ def _distributor_session(opts: DownloadOptions, work: Path):
     output goes to the log too; nothing for the other distributors."""
     if opts.distributor != "pyspark":
         return nullcontext()
-    from index.download.spark import spark_session
+    from download.spark import spark_session
 
     return spark_session(opts.spark_master, opts.worker_processes(), work)
 

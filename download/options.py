@@ -70,7 +70,7 @@ class DownloadOptions:
         if self.spark_master is not None:
             if self.distributor != "pyspark":
                 raise ReactError(f"--spark-master needs --distributor pyspark (got --distributor {self.distributor})")
-            from index.download.spark import check_master
+            from download.spark import check_master
 
             check_master(self.spark_master)  # an unreachable master fails here, before any work
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from index.download.options import DISTRIBUTORS, OPT_OUT_DIRECTIVES, RESIZE_MODES
+from download.options import DISTRIBUTORS, OPT_OUT_DIRECTIVES, RESIZE_MODES
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -61,8 +61,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from index.download.options import DownloadOptions
-    from index.download.pipeline import download_subset
+    from download.options import DownloadOptions
+    from download.pipeline import download_subset
 
     opts = DownloadOptions(
         image_size=args.image_size, resize_mode=args.resize_mode, resize_only_if_bigger=not args.upscale,

@@ -103,7 +103,7 @@ def customize_and_eval(step: Callable[[str, list[str]], None], base: Path, corpu
                        run_dir: Path, result: Path, mode: str, seed: int) -> dict:
     """One ``react customize`` (reused when done) and its zero-shot result."""
     from customize.checkpoint import read_run, write_run
-    from react.demo_transfer import evaluate
+    from demo.transfer import evaluate
 
     argv = ["customize", "--base", str(base), "--train-data", str(shards), "--out", str(run_dir),
             "--mode", mode, "--seed", str(seed), *RECIPE, *MODE_RECIPE[mode]]

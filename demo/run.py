@@ -14,7 +14,7 @@ from react.progress import console
 from react.schemas import CLASSES_FILE, CORPUS_MANIFEST, TEMPLATES_FILE, write_text
 
 
-# report labels of the customization variants (react.demo_customize.VARIANTS)
+# report labels of the customization variants (demo.customize_runs.VARIANTS)
 _LABELS = {"gated": "gated-image", "locked-text": "locked-text", "random": "random-subset"}
 RETRIEVE_MODE = "t2t"
 
@@ -47,8 +47,8 @@ def _step(name: str, argv: list[str], timings: dict[str, float]) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from react.demo_customize import random_subset, react_effect
-    from react.demo_transfer import evaluate, report, transfer_suite, transfer_summary
+    from demo.customize_runs import random_subset, react_effect
+    from demo.transfer import evaluate, report, transfer_suite, transfer_summary
     from react.embedded.corpus import fetch_embedded
 
     out: Path = args.out
@@ -128,8 +128,8 @@ def _download(corpus: Path, subset: Path, shards: Path, timings: dict[str, float
     """``react download`` of the subset, its urls answered by the retrieval
     corpus served on loopback (the same HTTP path as LAION urls take); a
     download of the same rows is resumed, so a second demo fetches nothing."""
-    from index.download.inputs import read_subset
-    from index.download.loopback import serve_corpus
+    from download.inputs import read_subset
+    from download.loopback import serve_corpus
     from react.schemas import DOWNLOAD_MANIFEST
 
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = ["download_subset", "DownloadOptions"]
 
-_LAZY = {"download_subset": "index.download.pipeline", "DownloadOptions": "index.download.options"}
+_LAZY = {"download_subset": "download.pipeline", "DownloadOptions": "download.options"}
 
 
 def __getattr__(name: str) -> Any:
@@ -29,4 +29,4 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'index.download' has no attribute {name!r}")
+    raise AttributeError(f"module 'download' has no attribute {name!r}")
