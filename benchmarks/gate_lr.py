@@ -9,7 +9,7 @@ with a local ``image_path`` (what ``react retrieve`` writes for a local corpus)
 are written as shards in that layout first. ``0`` means "same as --lr".
 Prints one row per setting: loss, zero-shot top-1 and mean per-class recall
 on the corpus' downstream task, wall time and the final tanh(alpha) per block;
-the README's table came from seeds 0 and 1.
+the table in docs/customize.md ("Gate learning rate") came from seeds 0 and 1.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ keys) no operation that ignores a missing key. Once without and once with
 run another.
 
 tests/schemathesis.toml holds the one stated exception (a query image must be
-decodable, which no schema can say). The longer run in the README is the same
+decodable, which no schema can say). The longer run in docs/service.md is the same
 command with more examples per operation (``REACT_FUZZ_EXAMPLES``).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from service_fixtures import build_task_index
 pytest.importorskip("schemathesis")
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-EXAMPLES = int(os.environ.get("REACT_FUZZ_EXAMPLES", "8"))  # per operation and phase; the README run: 150
+EXAMPLES = int(os.environ.get("REACT_FUZZ_EXAMPLES", "8"))  # per operation and phase; the docs/service.md run: 150
 SEED = os.environ.get("REACT_FUZZ_SEED", "16")
 KEY = "fuzz-key-0123456789"
 

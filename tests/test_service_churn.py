@@ -2,7 +2,7 @@
 
 benchmarks/service_churn.py at a reduced size (4 clients x 10 s, a reload every
 1.5 s: good and corrupt folders, POST and SIGHUP) against a real ``react serve``;
-the README's figure is the same function at 16 clients x 60 s. Plus, in-process,
+docs/service.md's figure is the same function at 16 clients x 60 s. Plus, in-process,
 the direct form of "RSS bounded": after reloads under load no old index object
 is still alive.
 """

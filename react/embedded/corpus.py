@@ -165,7 +165,7 @@ def split(items: list[Item], seed: int = 0) -> dict[str, list[Item]]:
     # rest is knowledge only the retrieval corpus holds, as LAION holds far
     # more than any one model was trained on. With half (corpus v2) the base
     # had already seen most of what retrieval could bring back, and
-    # customization gained nothing measurable (README, "The REACT effect").
+    # customization gained nothing measurable (docs/customize.md, "How it got there").
     pretraining: list[Item] = []
     by_cat: dict[str, list[Item]] = {}
     for it in web:
