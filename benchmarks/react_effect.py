@@ -35,8 +35,8 @@ def main() -> None:
 
     import torch
 
-    from downstream.datasets import build_classification_dataset
-    from downstream.metrics import mean_per_class_recall
+    from downstream.data.classification import build_classification_dataset
+    from downstream.tasks.metrics import mean_per_class_recall
     from react.cli import run
     from react.models import load_model
 

@@ -1,39 +1,61 @@
-"""Downstream evaluation of CLIP models (``react eval``).
+"""The downstream stage: measure a CLIP model on transfer tasks, and compare models.
+
+``react eval TASK`` reads a model (an open_clip name + tag, a model directory,
+or a customization run) and a dataset (the embedded corpus, an ImageFolder, a
+CLIP_benchmark webdataset, COCO instances, Karpathy captions, segmentation
+masks) and writes one result JSON (react.schemas.RESULT_KEYS). ``react report``
+reads result JSONs (plus the retrieved subset and the demo's summary.json) and
+writes a report directory: report.md with PNGs, and a self-contained report.html.
+
+Layout: ``tasks/`` one module per task (zeroshot, linear_probe, retrieval,
+detection, segmentation; dense.py for MaskCLIP features, metrics.py for
+classification metrics); ``data/`` the dataset readers; ``report/`` the
+report; ``cli.py`` the parsers, ``runners.py`` the commands, ``tables.py`` what
+they print, ``defaults.py`` every default once.
 
 Public API (loaded on first use, so importing the package stays cheap):
-
-- ``build_classification_dataset(path, split="test")``: the embedded corpus,
-  an ImageFolder tree, or a CLIP_benchmark webdataset directory;
-- ``evaluate_zeroshot(model, dataset, templates=None, batch_size=64, num_workers=0)``:
-  the result dict of the ``react eval`` contract;
-- ``get_templates(name_or_file)``: prompt template sets (``imagenet``, ``simple``, ...).
-
-Metrics live in ``downstream.metrics``; the command line in ``downstream.cli``.
+``build_classification_dataset``, ``open_splits``, ``build_captioned_dataset``,
+``build_segmentation_dataset``, ``ensure_scenes``, ``evaluate_zeroshot``,
+``evaluate_linear_probe``, ``evaluate_retrieval``, ``evaluate_detection``,
+``evaluate_segmentation``, ``dense_features``, ``write_report``, and
+``get_templates`` (prompt template sets, from react.templates).
 """
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["build_classification_dataset", "evaluate_zeroshot", "get_templates"]
-
 _LAZY = {
-    "build_classification_dataset": "downstream.datasets",
-    "evaluate_zeroshot": "downstream.zeroshot",
+    "build_classification_dataset": "downstream.data.classification",
+    "open_splits": "downstream.data.classification",
+    "build_captioned_dataset": "downstream.data.captioned",
+    "build_segmentation_dataset": "downstream.data.segmentation",
+    "ensure_scenes": "downstream.data.scenes",
+    "evaluate_zeroshot": "downstream.tasks.zeroshot",
+    "evaluate_linear_probe": "downstream.tasks.linear_probe",
+    "evaluate_retrieval": "downstream.tasks.retrieval",
+    "evaluate_detection": "downstream.tasks.detection",
+    "evaluate_segmentation": "downstream.tasks.segmentation",
+    "dense_features": "downstream.tasks.dense",
+    "write_report": "downstream.report.build",
     "get_templates": "react.templates",
-    "evaluate_linear_probe": "downstream.linear_probe_cmd",
-    "build_captioned_dataset": "downstream.captioned",
-    "evaluate_retrieval": "downstream.retrieval",
-    "ensure_scenes": "downstream.scenes",
-    "dense_features": "downstream.dense",
-    "build_segmentation_dataset": "downstream.segdata",
-    "evaluate_segmentation": "downstream.segmentation",
 }
 
+__all__ = sorted(_LAZY)
+
 if TYPE_CHECKING:
-    from downstream.datasets import build_classification_dataset
+    from downstream.data.captioned import build_captioned_dataset
+    from downstream.data.classification import build_classification_dataset, open_splits
+    from downstream.data.scenes import ensure_scenes
+    from downstream.data.segmentation import build_segmentation_dataset
+    from downstream.report.build import write_report
+    from downstream.tasks.dense import dense_features
+    from downstream.tasks.detection import evaluate_detection
+    from downstream.tasks.linear_probe import evaluate_linear_probe
+    from downstream.tasks.retrieval import evaluate_retrieval
+    from downstream.tasks.segmentation import evaluate_segmentation
+    from downstream.tasks.zeroshot import evaluate_zeroshot
     from react.templates import get_templates
-    from downstream.zeroshot import evaluate_zeroshot
 
 
 def __getattr__(name: str) -> Any:

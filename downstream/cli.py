@@ -1,46 +1,93 @@
-"""``react eval TASK``: downstream evaluation commands.
+"""The stage's command line: ``react eval TASK`` and ``react report``.
 
-Each task adds its own sub-command through a function in ``TASKS``; they share
-the model/dataset/output options from ``add_common_args``. Heavy imports
-(torch, open_clip) happen inside the ``run_*`` functions so ``react --help``
-stays fast.
+Only parsers live here (every option, its help and its default, the defaults
+read from downstream.defaults); each command's ``func`` is in
+downstream.runners. Nothing heavy is imported, so ``react --help`` stays fast.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 from typing import Callable
 
-from react.errors import ReactError
+from downstream.defaults import (BACKGROUND_MODES, DEFAULT_BACKGROUND_THRESHOLD, DEFAULT_BATCH_SIZE,
+                                 DEFAULT_DENOISE_THRESHOLD, DEFAULT_IGNORE_INDEX, DEFAULT_NMS_IOU,
+                                 DEFAULT_SCENE_SEED, DEFAULT_SCENES, DEFAULT_SEEDS, DEFAULT_SHOTS, DEFAULT_SPLIT,
+                                 DEFAULT_TRAIN_SPLIT, DENSE_MODES, REGION_MODES)
+from downstream.report.build import REPORT_TITLE
+from downstream.runners import (run_detection, run_linear_probe, run_report, run_retrieval, run_segmentation,
+                                run_zeroshot)
+from react.templates import DEFAULT_TEMPLATES
 
-DEFAULT_BATCH_SIZE = 64
+LINEAR_PROBE_EPILOG = """\
+Protocol: images are encoded once per split; each few-shot run draws SHOTS images per
+class from the train split with its seed (classes with fewer use all theirs; the result
+counts them), carves ~20% of those per class off as validation, picks the L2 strength
+lambda there by a coarse sweep (1e-6..1e6, every 2 decades) and a finer one (every half
+decade around the best), refits on all its images and scores the test split. The
+full-shot run does the same with the whole train split.
+
+The embedded corpus (downstream.parquet) has one split, as has an ImageFolder without
+train/ and test/ (or val/) folders: each class is shuffled with seed 0, floor(n/2) of its
+images train, the rest test; --train-split/--split are then ignored.
+"""
+
+RETRIEVAL_EPILOG = """\
+Dataset forms (--dataset):
+  CORPUS_DIR                 the embedded corpus (downstream.parquet, column caption): one
+                             caption per image, split test only
+  KARPATHY.json [--images DIR]
+                             a COCO/Flickr30K Karpathy-split JSON (dataset_coco.json,
+                             dataset_flickr30k.json); images at DIR/filepath/filename
+                             (DIR defaults to the JSON's folder); --split train includes restval
+  DIR                        a folder with one dataset_*.json and the images under it
+  WDS_DIR                    CLIP_benchmark retrieval webdataset: WDS_DIR/SPLIT/*.tar whose
+                             samples hold an image and a .txt with one caption per line
+
+Recall@k: image->text counts a hit when any of the image's captions is in its top k;
+text->image when the caption's own image is. Ties count against the model.
+"""
+
+DETECTION_DATASET_HELP = (
+    "one of: a directory with instances.json (COCO instances) and images/; a COCO instances "
+    "JSON file (images from --images, default: images/ beside it); or the embedded corpus "
+    "directory, whose composed scenes (held-out stamp cut-outs on generated backgrounds) are "
+    "built once and cached under CORPUS/scenes/"
+)
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Options every evaluation task takes: which model, which data, where to write."""
+# --- react eval ---------------------------------------------------------------------
+
+def add_common_args(parser: argparse.ArgumentParser, **helps: str) -> None:
+    """Options every evaluation task takes: which model, which data, where to write.
+    ``helps``: a task's own help text for some of them, by destination."""
+    def help_for(dest: str, default: str) -> str:
+        return helps.get(dest, default)
+
     parser.add_argument("--model", required=True, metavar="MODEL",
-                        help="open_clip model name (with --pretrained), a model directory "
-                             "(open_clip_config.json + open_clip_model.safetensors)")
+                        help=help_for("model", "open_clip model name (with --pretrained), a model directory "
+                                               "(open_clip_config.json + open_clip_model.safetensors)"))
     parser.add_argument("--pretrained", default=None, metavar="TAG|PATH",
-                        help="pretrained tag or checkpoint file for an open_clip model name")
+                        help=help_for("pretrained", "pretrained tag or checkpoint file for an open_clip model name"))
     parser.add_argument("--dataset", required=True, metavar="DATASET",
-                        help="corpus directory (downstream.parquet), ImageFolder directory, "
-                             "or CLIP_benchmark webdataset directory (classnames.txt + SPLIT/*.tar)")
-    parser.add_argument("--split", default="test", metavar="SPLIT",
-                        help="dataset split to evaluate (default: test; ImageFolder falls back to val)")
+                        help=help_for("dataset", "corpus directory (downstream.parquet), ImageFolder directory, "
+                                                 "or CLIP_benchmark webdataset directory (classnames.txt + "
+                                                 "SPLIT/*.tar)"))
+    parser.add_argument("--split", default=DEFAULT_SPLIT, metavar="SPLIT",
+                        help=help_for("split", f"dataset split to evaluate (default: {DEFAULT_SPLIT}; ImageFolder "
+                                               f"falls back to val)"))
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                        help=f"images per forward pass (default: {DEFAULT_BATCH_SIZE})")
+                        help=help_for("batch_size", f"images per forward pass (default: {DEFAULT_BATCH_SIZE})"))
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="image-decoding worker processes (default: 0 on CPU, up to 8 on GPU)")
+                        help=help_for("workers", "image-decoding worker processes (default: 0 on CPU, up to 8 "
+                                                 "on GPU)"))
     parser.add_argument("--device", default=None, metavar="DEVICE",
-                        help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+                        help=help_for("device", "torch device, e.g. cpu or cuda:0 (default: cuda if available)"))
     parser.add_argument("--out", default=None, metavar="RESULT.json",
-                        help="write the result JSON here (atomically); without it, only print")
+                        help=help_for("out", "write the result JSON here (atomically); without it, only print"))
 
 
-def _add_zeroshot(tasks: argparse._SubParsersAction) -> None:
+def add_zeroshot(tasks: argparse._SubParsersAction) -> None:
     p = tasks.add_parser(
         "zeroshot", help="zero-shot classification with prompt-ensemble class embeddings",
         description="Zero-shot classification: top-1, top-5 and mean per-class recall.",
@@ -48,28 +95,133 @@ def _add_zeroshot(tasks: argparse._SubParsersAction) -> None:
     add_common_args(p)
     p.add_argument("--templates", default=None, metavar="NAME|FILE",
                    help="prompt templates: imagenet, simple, classname, or a file with one template per "
-                        "line using {} or {c} (default: the dataset's own if it has them, else imagenet)")
+                        f"line using {{}} or {{c}} (default: the dataset's own if it has them, else "
+                        f"{DEFAULT_TEMPLATES})")
     p.set_defaults(func=run_zeroshot)
 
 
-# Later tasks (linear-probe, retrieval, detection, segmentation) append here.
-TASKS: list[Callable[[argparse._SubParsersAction], None]] = [_add_zeroshot]
+def add_linear_probe(tasks: argparse._SubParsersAction) -> None:
+    p = tasks.add_parser(
+        "linear-probe", help="few-shot and full-shot logistic regression on frozen image features",
+        description="Linear probe (ELEVATER protocol): top-1 and mean per-class recall, full-shot "
+                    "and few-shot (mean and sample std over seeds).",
+        epilog=LINEAR_PROBE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_args(p)
+    p.add_argument("--train-split", default=DEFAULT_TRAIN_SPLIT, metavar="SPLIT",
+                   help=f"split the classifier is trained on (default: {DEFAULT_TRAIN_SPLIT})")
+    p.add_argument("--shots", type=int, nargs="*", default=list(DEFAULT_SHOTS), metavar="K",
+                   help=f"few-shot sizes, images per class (default: {' '.join(map(str, DEFAULT_SHOTS))}; "
+                        f"none: full-shot only)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[DEFAULT_SEEDS], metavar="S",
+                   help=f"one number N: seeds 0..N-1; several numbers: those seeds (default: {DEFAULT_SEEDS})")
+    p.add_argument("--text-init", action="store_true",
+                   help="language-augmented head: start from and regularize towards the class-name "
+                        "text embeddings x the model's logit scale (large lambda = zero-shot)")
+    p.add_argument("--templates", default=None, metavar="NAME|FILE",
+                   help=f"prompt templates for --text-init (default: the dataset's own, else {DEFAULT_TEMPLATES})")
+    p.set_defaults(func=run_linear_probe)
 
-from downstream.linear_probe_cmd import add_linear_probe  # noqa: E402
 
-TASKS.append(add_linear_probe)
+def add_retrieval(tasks: argparse._SubParsersAction) -> None:
+    p = tasks.add_parser(
+        "retrieval", help="image->text and text->image recall@1/5/10 on a captioned image set",
+        description="Image-text retrieval: image_to_text_R@{1,5,10} and text_to_image_R@{1,5,10}.",
+        epilog=RETRIEVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_args(p)
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="image root for a Karpathy-split JSON --dataset (default: the JSON's folder)")
+    p.set_defaults(func=run_retrieval)
 
-from downstream.retrieval_cmd import add_retrieval  # noqa: E402
 
-TASKS.append(add_retrieval)
+def add_detection(tasks: argparse._SubParsersAction) -> None:
+    p = tasks.add_parser(
+        "detection", help="zero-shot detection with given boxes (RegionCLIP's zero-shot setting)",
+        description="Zero-shot detection with given boxes: each box is scored against prompt-ensembled "
+                    "class text embeddings (softmax over classes), per-class NMS, COCO AP50 and "
+                    "AP@[.5:.95] via pycocotools. Boxes outside their image are clipped, boxes with no "
+                    "area skipped; both counted in the result.",
+    )
+    add_common_args(p, dataset=DETECTION_DATASET_HELP,
+                    split="ignored (a detection dataset is one instances file)",
+                    batch_size="crop only: boxes per forward pass (default: %(default)s)",
+                    workers="ignored (images are decoded one at a time, next to their boxes)")
+    p.set_defaults(func=run_detection)
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="images folder for an instances JSON given as --dataset (default: images/ beside it)")
+    p.add_argument("--boxes", default="gt", metavar="gt|FILE",
+                   help="boxes to score: gt (the ground-truth boxes, default) or a COCO-format "
+                        "proposals/results JSON ([{image_id, bbox [x,y,w,h], score?}]; scores and "
+                        "categories in it are ignored)")
+    p.add_argument("--region-features", default=REGION_MODES[0], choices=REGION_MODES,
+                   help="roi: RoIAlign over the image tower's dense (MaskCLIP value-path) patch "
+                        "features, one forward pass per image (default); crop: encode each box cut "
+                        "from the image and padded square, one forward pass per box")
+    p.add_argument("--dense-size", type=int, default=None, metavar="PIXELS",
+                   help="roi only: the longer image side fed to the tower, rounded to whole patches "
+                        "(default: the tower's training size)")
+    p.add_argument("--templates", default=None, metavar="NAME|FILE",
+                   help="prompt templates: imagenet, simple, classname, or a file with one template per "
+                        f"line (default: the embedded corpus' own, else {DEFAULT_TEMPLATES})")
+    p.add_argument("--classnames", default=None, metavar="FILE",
+                   help="class names to prompt with, one per line in category-id order "
+                        "(default: the categories' names); must have one name per category")
+    p.add_argument("--nms-iou", type=float, default=DEFAULT_NMS_IOU, metavar="IOU",
+                   help=f"IoU threshold of the per-class NMS (default: {DEFAULT_NMS_IOU})")
+    p.add_argument("--scenes", type=int, default=DEFAULT_SCENES, metavar="N",
+                   help=f"embedded corpus only: number of composed scenes (default: {DEFAULT_SCENES})")
+    p.add_argument("--scene-seed", type=int, default=DEFAULT_SCENE_SEED, metavar="SEED",
+                   help=f"embedded corpus only: seed of the composed scenes (default: {DEFAULT_SCENE_SEED})")
 
-from downstream.detection_cmd import add_detection_parser  # noqa: E402
 
-TASKS.append(add_detection_parser)
+def add_segmentation(tasks: argparse._SubParsersAction) -> None:
+    p = tasks.add_parser(
+        "segmentation", help="zero-shot semantic segmentation from MaskCLIP dense features (mIoU)",
+        description="Zero-shot semantic segmentation the MaskCLIP way: per-patch features from the last "
+                    "image block's value path, scored against prompt-ensembled class text embeddings, "
+                    "upsampled bilinearly to pixels. Reports mIoU, pixel accuracy, mean accuracy and "
+                    "per-class IoU. DATASET: a directory with images/, masks/ (PNG label maps, same "
+                    "stems), classes.txt (line i = class i) and optional SPLIT.txt / templates.txt / "
+                    "meta.json; or an embedded corpus directory, which stands for its composed scenes.",
+    )
+    add_common_args(p)
+    p.add_argument("--templates", default=None, metavar="NAME|FILE",
+                   help="prompt templates: imagenet, simple, classname, or a file with one template per "
+                        "line (default: the dataset's own templates.txt, the embedded corpus's, else "
+                        f"{DEFAULT_TEMPLATES})")
+    p.add_argument("--input-size", type=int, default=None, metavar="PX",
+                   help="resize each image so its shorter side is about PX pixels (whole patches) before "
+                        "the image tower; the positional embedding is resized to match (default: the "
+                        "model's own image size, e.g. 224 for ViT-B/16, 64 for the embedded base)")
+    p.add_argument("--dense-mode", choices=DENSE_MODES, default=DENSE_MODES[0],
+                   help="last-block path: maskclip = value projection + residual + MLP as MaskCLIP's code; "
+                        f"value = value and output projection only (default: {DENSE_MODES[0]})")
+    p.add_argument("--key-smoothing", action="store_true",
+                   help="MaskCLIP key smoothing: average patch class probabilities weighted by the "
+                        "cosine affinity of the last block's keys")
+    p.add_argument("--prompt-denoising", action="store_true",
+                   help="MaskCLIP prompt denoising: drop from an image's candidates every class whose "
+                        "best patch probability is below --denoise-threshold")
+    p.add_argument("--denoise-threshold", type=float, default=DEFAULT_DENOISE_THRESHOLD, metavar="P",
+                   help=f"probability threshold for --prompt-denoising (default: {DEFAULT_DENOISE_THRESHOLD})")
+    p.add_argument("--background", choices=BACKGROUND_MODES, default=BACKGROUND_MODES[0],
+                   help="how a class named 'background' in classes.txt is scored: threshold = background "
+                        "where no object class reaches --background-threshold; prompts = backdrop words "
+                        "(background, sky, wall, floor, texture, ...) each competing as a candidate; "
+                        f"class = the word 'background' through the templates (default: {BACKGROUND_MODES[0]})")
+    p.add_argument("--background-threshold", type=float, default=DEFAULT_BACKGROUND_THRESHOLD, metavar="P",
+                   help=f"class probability (with the model's logit scale) below which a pixel is background, for "
+                        f"--background threshold (default: {DEFAULT_BACKGROUND_THRESHOLD})")
+    p.add_argument("--ignore-index", type=int, default=None, metavar="LABEL",
+                   help=f"mask label that is not scored (default: meta.json's ignore_index, else "
+                        f"{DEFAULT_IGNORE_INDEX})")
+    p.set_defaults(func=run_segmentation)
 
-from downstream.segmentation_cmd import add_segmentation  # noqa: E402
 
-TASKS.append(add_segmentation)
+# The tasks of ``react eval``, in the order --help lists them.
+TASKS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_zeroshot, add_linear_probe, add_retrieval, add_detection, add_segmentation]
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -84,100 +236,45 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     return parser
 
 
-# The spelling react/cli.py looks for on every stage module.
-add_parsers = add_eval_parser
+# --- react report -------------------------------------------------------------------
+
+def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``report`` on the top-level subparsers."""
+    p = subparsers.add_parser(
+        "report", help="compare models' result files in a Markdown + HTML report",
+        description="Put the results of several models (base, customized, controls) side by side: one table "
+                    "per task and dataset with each model's gain over the base (in points), a sorted per-class "
+                    "gain chart for classification (and any task with per-class numbers), few-shot curves for "
+                    "linear-probe results, and per-class similarity histograms of the retrieved subset. Writes "
+                    "REPORT_DIR/report.md (PNGs beside it) and REPORT_DIR/report.html (figures inlined, no "
+                    "external references).",
+        epilog="example: react report base=out/demo/results/base_zeroshot.json "
+               "gated=out/demo/results/customized_zeroshot.json --subset out/demo/subset.parquet "
+               "--summary out/demo/summary.json --out out/demo/report",
+    )
+    p.add_argument("results", nargs="+", metavar="[LABEL=]RESULT.json",
+                   help="result files from `react eval` (any tasks, any models); LABEL= names the model "
+                        "in the report (default: the result's \"model\" field, or --label)")
+    p.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR",
+                   help="report directory; replaced atomically if it already holds a report")
+    p.add_argument("--label", action="append", default=None, metavar="NAME",
+                   help="model label for the result files without LABEL=, in order; repeat once per such file")
+    p.add_argument("--base", default=None, metavar="LABEL",
+                   help="the model the gains are measured against (default: the first result's model)")
+    p.add_argument("--subset", type=Path, default=None, metavar="SUBSET.parquet",
+                   help="retrieved subset (`react retrieve` output: similarity + classes columns): adds the "
+                        "per-class similarity histograms")
+    p.add_argument("--summary", type=Path, default=None, metavar="SUMMARY.json",
+                   help="the run's summary.json (`react demo`): adds its headline (corpus sizes, index, "
+                        "subset rows, timings) at the top")
+    p.add_argument("--title", default=REPORT_TITLE, metavar="TEXT",
+                   help="report title (default: %(default)s)")
+    p.set_defaults(func=run_report)
+    return p
 
 
-def check_device(device: str | None) -> str | None:
-    """A device torch knows and this machine has, or ReactError."""
-    if device is None:
-        return None
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise ReactError(f"unknown --device {device!r} (e.g. cpu, cuda, cuda:1)") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ReactError(f"--device {device}: no CUDA device available here")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ReactError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
-def resolve_workers(requested: int | None, device: str | None) -> int:
-    """Decoding in the main process is fine on CPU (the model is the bottleneck);
-    a GPU outruns one decoder, so use a few workers there."""
-    if requested is not None:
-        if requested < 0:
-            raise ReactError(f"--workers must be >= 0, got {requested}")
-        return requested
-    import torch
-
-    on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    return min(8, max(1, (os.cpu_count() or 2) - 1)) if on_gpu else 0
-
-
-def write_result(result: dict, out: str | os.PathLike) -> Path:
-    from react.schemas import RESULT_KEYS, write_text
-
-    missing = [k for k in RESULT_KEYS if k not in result]
-    if missing:  # a bug, not user input: keep the traceback
-        raise AssertionError(f"result lacks {missing}")
-    return write_text(out, json.dumps(result, indent=2) + "\n")
-
-
-def print_result(result: dict, headline: dict[str, str], per_class: str, worst: int = 5) -> None:
-    """A result's headline figures (column -> formatted value), then its
-    ``worst`` classes by the per-class metric named ``per_class``."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{result['task']}: {result['model']} on {result['dataset']}")
-    for column in headline:
-        table.add_column(column, justify="right")
-    table.add_row(*headline.values())
-    console = Console()
-    console.print(table)
-    ranked = sorted(result["per_class"].items(), key=lambda kv: (kv[1], kv[0]))[:worst]
-    if ranked:
-        low = Table(title=f"{len(ranked)} worst classes")
-        low.add_column("class")
-        low.add_column(f"{per_class} %", justify="right")
-        for name, value in ranked:
-            low.add_row(name, f"{100 * value:.1f}")
-        console.print(low)
-
-
-def print_classification_table(result: dict, worst: int = 5) -> None:
-    """Headline metrics in %, then the classes the model gets wrong most."""
-    m = result["metrics"]
-    print_result(result, {"top-1 %": f"{100 * m['top1']:.2f}", "top-5 %": f"{100 * m['top5']:.2f}",
-                          "mean per-class recall %": f"{100 * m['mean_per_class_recall']:.2f}",
-                          "images": str(m["num_images"]), "classes": str(m["num_classes"])}, "recall", worst)
-
-
-def run_zeroshot(args: argparse.Namespace) -> int:
-    from downstream.datasets import build_classification_dataset
-    from react.templates import get_templates
-    from downstream.zeroshot import evaluate_zeroshot
-    from react.models import load_model
-    from react.progress import console
-
-    # Validate the cheap inputs before loading a model.
-    if args.batch_size < 1:
-        raise ReactError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.templates:
-        get_templates(args.templates)
-    device = check_device(args.device)
-    workers = resolve_workers(args.workers, device)
-    dataset = build_classification_dataset(args.dataset, split=args.split)
-    model = load_model(args.model, pretrained=args.pretrained, device=device)
-    result = evaluate_zeroshot(model, dataset, templates=args.templates,
-                               batch_size=args.batch_size, num_workers=workers)
-    if args.out:
-        path = write_result(result, args.out)
-        console.log(f"wrote {path}")
-    print_classification_table(result)
-    return 0
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """The spelling react/cli.py looks for on every stage (entry point group
+    ``react.commands``): ``eval`` and ``report``."""
+    add_eval_parser(subparsers)
+    add_report_parser(subparsers)

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from downstream.dense import dense_features, dense_outputs
+from downstream.tasks.dense import dense_features, dense_outputs
 from react.errors import ReactError
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from downstream.cocodata import load_instances, load_proposals, resolve_detection_dataset
-from downstream.detection import coco_ap, greedy_nms, per_class_nms, roi_mean
+from downstream.data.coco import load_instances, load_proposals, resolve_detection_dataset
+from downstream.tasks.detection import coco_ap, greedy_nms, per_class_nms, roi_mean
 from react.errors import ReactError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
@@ -241,10 +241,10 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    from downstream.detection_cmd import add_detection_parser
+    from downstream.cli import add_detection
 
     parser = argparse.ArgumentParser(prog="react eval")
-    add_detection_parser(parser.add_subparsers(dest="task", required=True))
+    add_detection(parser.add_subparsers(dest="task", required=True))
     return parser.parse_args(["detection", *argv])
 
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from downstream.linear_probe import (
+from downstream.runners import parse_seeds
+from downstream.tasks.linear_probe import (
     COARSE_LOG10,
     FINE_OFFSETS,
     ProbeData,
@@ -27,7 +28,6 @@ from downstream.linear_probe import (
     sweep_lambda,
     text_prior,
 )
-from downstream.linear_probe_cmd import parse_seeds
 from react.errors import ReactError
 from react.schemas import CLASSES_FILE, RESULT_KEYS
 from cli_helpers import eval_parser
@@ -255,7 +255,7 @@ def test_cli_linear_probe_writes_result(form, tiny_model_dir, tmp_path, capsys):
 
 
 def test_flat_imagefolder_is_halved_not_leaked(tmp_path):
-    from downstream.linear_probe_cmd import open_splits
+    from downstream.data.classification import open_splits
 
     flat = tmp_path / "flat"
     for c, name in enumerate(NAMES):

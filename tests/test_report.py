@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from downstream.report import collect, fewshot_curve, load_result, load_subset_similarities, parse_inputs
+from downstream.report.results import collect, fewshot_curve, load_result, load_subset_similarities, parse_inputs
 from react.cli import run
 from react.errors import ReactError
 from react.schemas import SUBSET_SCHEMA, SUBSET_TASK_KEY
@@ -270,16 +270,16 @@ def test_rewrite_is_atomic(tmp_path, capsys):
 
 
 def test_figures_stay_readable_for_many_classes(tmp_path, monkeypatch):
-    from downstream import report_figures
+    from downstream.report import figures
 
     # Small caps keep the test fast; the capping logic is the same at 30/40.
-    monkeypatch.setattr(report_figures, "MAX_BARS_PER_SIDE", 4)
-    monkeypatch.setattr(report_figures, "MAX_PANELS", 3)
+    monkeypatch.setattr(figures, "MAX_BARS_PER_SIDE", 4)
+    monkeypatch.setattr(figures, "MAX_PANELS", 3)
     rng = np.random.default_rng(0)
     gains = {"m": {f"class {i}": float(g) for i, g in enumerate(rng.normal(size=200))}}
-    report_figures.per_class_gain_figure(gains, "base", "recall", tmp_path / "gain.png")
+    figures.per_class_gain_figure(gains, "base", "recall", tmp_path / "gain.png")
     sims = {f"c{i}": rng.uniform(0.1, 0.3, size=i) for i in range(30)}
-    report_figures.similarity_histograms(sims, tmp_path / "hist.png")
+    figures.similarity_histograms(sims, tmp_path / "hist.png")
     # Uncapped, 200 bars would be ~9000 px wide and 30 panels 6 rows high.
     for name, max_width, max_height in (("gain.png", 1000, 600), ("hist.png", 900, 400)):
         with Image.open(tmp_path / name) as image:

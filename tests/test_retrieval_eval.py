@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from downstream.captioned import build_captioned_dataset
-from downstream.retrieval import evaluate_retrieval, recall_at_k
+from downstream.data.captioned import build_captioned_dataset
+from downstream.tasks.retrieval import evaluate_retrieval, recall_at_k
 from react.errors import ReactError
 from react.schemas import CLASSES_FILE, RESULT_KEYS
 from cli_helpers import eval_parser
@@ -212,7 +212,7 @@ def test_bad_input_names_the_culprit(tmp_path):
 # --- end to end -------------------------------------------------------------------------------
 
 def test_evaluate_matches_recall_on_the_features(tiny_model, tmp_path):
-    from downstream.zeroshot import encode_dataset
+    from downstream.tasks.zeroshot import encode_dataset
 
     json_path = _karpathy(tmp_path / "k", _karpathy_entries()
                           + [{"filename": f"red{i}.png", "split": "test",

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from downstream.scenes import build_scenes, ensure_scenes, is_embedded_corpus
+from downstream.data.scenes import build_scenes, ensure_scenes, is_embedded_corpus
 from react.errors import ReactError
 
 CLASSES = ["disc", "square", "bar"]

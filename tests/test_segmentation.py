@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from downstream.segdata import build_segmentation_dataset
-from downstream.segmentation import (TextHead, confusion_matrix, evaluate_segmentation, patch_log_probs,
+from downstream.data.segmentation import build_segmentation_dataset
+from downstream.tasks.segmentation import (TextHead, confusion_matrix, evaluate_segmentation, patch_log_probs,
                                      predict_labels, segmentation_metrics)
 from react.errors import ReactError
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from downstream import metrics
-from downstream.datasets import build_classification_dataset
+from downstream.tasks import metrics
+from downstream.data.classification import build_classification_dataset
 from react.templates import IMAGENET_TEMPLATES, get_templates
 from react.errors import ReactError
 from react.schemas import CLASSES_FILE, RESULT_KEYS
@@ -301,7 +301,7 @@ def test_zeroshot_end_to_end(tiny_model, tmp_path):
 
 
 def test_zeroshot_uses_dataset_templates_and_workers(tiny_model, tmp_path):
-    from downstream.zeroshot import evaluate_zeroshot, resolve_templates
+    from downstream.tasks.zeroshot import evaluate_zeroshot, resolve_templates
 
     ds = build_classification_dataset(_wds(tmp_path / "wds_colors", _color_samples()))
     assert resolve_templates(ds, None)[0] == ["a photo of a {}.", "a {} thing."]
@@ -312,7 +312,7 @@ def test_zeroshot_uses_dataset_templates_and_workers(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_zeroshot_corrupt_image_is_one_line_error(tiny_model, tmp_path, workers):
-    from downstream.zeroshot import evaluate_zeroshot
+    from downstream.tasks.zeroshot import evaluate_zeroshot
 
     root = _imagefolder(tmp_path / "c", per_class=1)
     (root / "green" / "zz_broken.png").write_bytes(b"not a png")
@@ -356,7 +356,7 @@ def test_cli_rejects_bad_input_before_loading(tmp_path):
 
 
 def test_chunked_class_embeddings_match_one_pass(tiny_model):
-    from downstream.zeroshot import class_embeddings
+    from downstream.tasks.zeroshot import class_embeddings
 
     names, prompts = ["red", "green", "blue", "hot dog", "cat"], get_templates("simple")
     whole = tiny_model.class_embeddings(names, prompts)

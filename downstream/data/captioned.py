@@ -25,6 +25,7 @@ from typing import Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
+from downstream.defaults import DEFAULT_SPLIT
 from react.errors import ReactError
 from react.images import load_rgb
 from react.schemas import CLASSES_FILE, read_parquet
@@ -182,7 +183,7 @@ def _build_wds(root: Path, split: str) -> CaptionedDataset:
 
 # --- entry point ------------------------------------------------------------------------
 
-def build_captioned_dataset(path: str | Path, split: str = "test",
+def build_captioned_dataset(path: str | Path, split: str = DEFAULT_SPLIT,
                             images: str | Path | None = None) -> CaptionedDataset:
     """Open ``path`` as a captioned image set; see the module docstring for forms."""
     root = Path(path).expanduser()

@@ -8,7 +8,7 @@ NMS; then COCO AP via pycocotools.
 Region features (``region_features``):
 
 - ``"roi"`` (default): the image tower's dense patch features
-  (``downstream.dense.dense_features``, the MaskCLIP value path) over the whole
+  (``downstream.tasks.dense.dense_features``, the MaskCLIP value path) over the whole
   image, pooled inside each box with RoIAlign and L2-normalized. The image is
   resized (aspect kept) so its longer side is ``dense_size`` pixels (default:
   the tower's training size), rounded to whole patches: larger inputs give a
@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from downstream.cocodata import DetectionData, ImageRecord
+from downstream.data.coco import DetectionData, ImageRecord
+from downstream.defaults import DEFAULT_BATCH_SIZE, DEFAULT_NMS_IOU, REGION_MODES
 from react.errors import ReactError
 from react.images import load_rgb
 from react.models import LoadedModel
 from react.progress import progress
 
-REGION_MODES = ("roi", "crop")
 ROI_OUTPUT = 4            # RoIAlign bins per side before averaging (sub-patch sampling)
 MAX_DETS = 100            # COCO's maxDets: detections kept per image
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -52,7 +52,7 @@ def _normalization(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _dense_input(model: LoadedModel, image: Image.Image, dense_size: int) -> tuple[torch.Tensor, float, float]:
     """[3, H', W'] normalized tensor and the x/y scale from image to tensor pixels."""
-    from downstream.dense import round_to_patches
+    from downstream.tasks.dense import round_to_patches
 
     w, h = image.size
     scale = dense_size / max(w, h)
@@ -102,7 +102,7 @@ def roi_features(model: LoadedModel, images: list[Image.Image], boxes: list[np.n
                  dense_size: int) -> list[torch.Tensor]:
     """Per image, [K, 4] xyxy boxes in image pixels -> [K, D] normalized
     RoIAlign-pooled dense features. Images of one resized shape share a forward pass."""
-    from downstream.dense import dense_features, vision_tower
+    from downstream.tasks.dense import dense_features, vision_tower
 
     ph, pw = vision_tower(model).conv1.kernel_size
     inputs = [_dense_input(model, image, dense_size) for image in images]
@@ -242,9 +242,10 @@ def _load(record: ImageRecord) -> Image.Image:
 
 
 def evaluate_detection(model: LoadedModel, data: DetectionData, text: torch.Tensor,
-                       boxes: dict[int, np.ndarray] | None = None, region_features: str = "roi",
-                       dense_size: int | None = None, nms_iou: float = 0.5,
-                       batch_size: int = 64) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+                       boxes: dict[int, np.ndarray] | None = None, region_features: str = REGION_MODES[0],
+                       dense_size: int | None = None, nms_iou: float = DEFAULT_NMS_IOU,
+                       batch_size: int = DEFAULT_BATCH_SIZE
+                       ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     """Score ``boxes`` (default: the ground-truth boxes) of every image against
     ``text`` ([C, D] class embeddings, category order) and evaluate.
 
@@ -256,7 +257,7 @@ def evaluate_detection(model: LoadedModel, data: DetectionData, text: torch.Tens
     if text.shape[0] != len(data.classnames):
         raise AssertionError("one text embedding per category expected")
     if region_features == "roi":
-        from downstream.dense import tower_size, vision_tower
+        from downstream.tasks.dense import tower_size, vision_tower
 
         vision_tower(model)  # the one-line error for towers without a value path, before any work
         dense_size = dense_size or tower_size(model)

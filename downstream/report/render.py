@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from downstream.report import Table
+from downstream.report.results import Table
 
 
 @dataclass

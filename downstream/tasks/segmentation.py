@@ -3,7 +3,7 @@
 Per image: resize so the shorter side is ``input_size`` (default: the
 tower's training size; each side rounded to whole patches, the positional
 embedding resized to that grid), take the
-dense MaskCLIP features (downstream.dense), score every patch against the
+dense MaskCLIP features (downstream.tasks.dense), score every patch against the
 prompt-ensembled class text embeddings, turn the cosines into per-patch class
 log-probabilities with the model's own logit scale, upsample those bilinearly
 to the label map's size and take the argmax.
@@ -45,17 +45,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from downstream.dense import MODES, dense_outputs, tower_size, vision_tower
-from downstream.segdata import SegmentationDataset
+from downstream.defaults import (BACKGROUND_MODES, DEFAULT_BACKGROUND_THRESHOLD, DEFAULT_DENOISE_THRESHOLD,
+                                 DENSE_MODES)
+from downstream.tasks.dense import dense_outputs, tower_size, vision_tower
+from downstream.data.segmentation import SegmentationDataset
 from react.errors import ReactError
 from react.models import LoadedModel
 from react.progress import console, progress
 
-BACKGROUND_MODES = ("threshold", "prompts", "class")
 BACKGROUND_WORDS = ("background", "ground", "sky", "wall", "floor", "texture", "pattern",
                     "gradient", "blur", "wallpaper")
-DEFAULT_DENOISE_THRESHOLD = 0.5
-DEFAULT_BACKGROUND_THRESHOLD = 0.3
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -145,7 +144,7 @@ class TextHead:
             objects = [i for i in range(len(names)) if i != background_index]
         else:
             objects = list(range(len(names)))
-        from downstream.zeroshot import class_embeddings  # the same ensemble, under a progress bar
+        from downstream.tasks.zeroshot import class_embeddings  # the same ensemble, under a progress bar
 
         embeddings = [class_embeddings(model, [names[i] for i in objects], list(templates))]
         columns = list(objects)
@@ -194,14 +193,14 @@ def predict_labels(log_probs: torch.Tensor, head: TextHead, size: tuple[int, int
 
 def evaluate_segmentation(model: LoadedModel, dataset: SegmentationDataset, templates: Sequence[str],
                           templates_label: str = "custom", input_size: int | None = None,
-                          mode: str = "maskclip", key_smoothing: bool = False, prompt_denoising: bool = False,
-                          denoise_threshold: float = DEFAULT_DENOISE_THRESHOLD, background: str = "threshold",
+                          mode: str = DENSE_MODES[0], key_smoothing: bool = False, prompt_denoising: bool = False,
+                          denoise_threshold: float = DEFAULT_DENOISE_THRESHOLD, background: str = BACKGROUND_MODES[0],
                           background_threshold: float = DEFAULT_BACKGROUND_THRESHOLD) -> dict:
     """mIoU / pixel accuracy of ``model`` on ``dataset``; the ``react eval`` result dict."""
     if len(dataset) == 0:
         raise ReactError(f"dataset {dataset.name} has no images")
-    if mode not in MODES:
-        raise ReactError(f"unknown --dense-mode {mode!r} (choose from {', '.join(MODES)})")
+    if mode not in DENSE_MODES:
+        raise ReactError(f"unknown --dense-mode {mode!r} (choose from {', '.join(DENSE_MODES)})")
     # The tower's own size by default: its positional embedding is used as
     # trained (on the first 40 embedded scenes 64 px beat 128 px for the 64 px base).
     input_size = tower_size(model) if input_size is None else input_size

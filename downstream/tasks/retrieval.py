@@ -13,7 +13,8 @@ from typing import Sequence
 
 import torch
 
-from downstream.captioned import CaptionedDataset
+from downstream.data.captioned import CaptionedDataset
+from downstream.defaults import DEFAULT_BATCH_SIZE
 from react.errors import ReactError
 from react.models import LoadedModel
 from react.progress import console, progress
@@ -74,13 +75,13 @@ def encode_captions(model: LoadedModel, texts: Sequence[str], batch_size: int = 
     return torch.cat(chunks)
 
 
-def evaluate_retrieval(model: LoadedModel, dataset: CaptionedDataset, batch_size: int = 64,
+def evaluate_retrieval(model: LoadedModel, dataset: CaptionedDataset, batch_size: int = DEFAULT_BATCH_SIZE,
                        num_workers: int = 0, ks: Sequence[int] = KS, chunk: int = CHUNK) -> dict:
     """Recall@k of ``model`` on ``dataset``: the result dict of the ``react eval`` contract.
 
     ``per_class``: image->text R@1 per category when the images have labels
     (the embedded corpus), else empty."""
-    from downstream.zeroshot import encode_dataset
+    from downstream.tasks.zeroshot import encode_dataset
 
     if len(dataset) == 0:
         raise ReactError(f"dataset {dataset.name} has no images")

@@ -25,14 +25,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from downstream.metrics import mean_per_class_recall, per_class_recall, topk_accuracy
+from downstream.defaults import DEFAULT_BATCH_SIZE, DEFAULT_SEEDS, DEFAULT_SHOTS
+from downstream.tasks.metrics import mean_per_class_recall, per_class_recall, topk_accuracy
 from react.errors import ReactError
+
+if TYPE_CHECKING:
+    from downstream.data.classification import ClassificationDataset
+    from react.models import LoadedModel
 
 COARSE_LOG10 = tuple(range(-6, 7, 2))  # 1e-6 .. 1e6
 FINE_OFFSETS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)  # decades around the best coarse value
@@ -275,3 +280,64 @@ def text_prior(class_emb: torch.Tensor, logit_scale: float) -> torch.Tensor:
     if not math.isfinite(logit_scale) or logit_scale <= 0:
         raise ReactError(f"model has an unusable logit scale {logit_scale}")
     return class_emb.double() * logit_scale
+
+
+# --- the evaluation --------------------------------------------------------------
+
+def evaluate_linear_probe(model: LoadedModel, train_set: ClassificationDataset,
+                          test_set: ClassificationDataset | None = None, rule: str = "",
+                          shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = tuple(range(DEFAULT_SEEDS)),
+                          text_init: bool = False, templates: str | None = None,
+                          batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int = 0) -> dict:
+    """The linear-probe result dict of the ``react eval`` contract for ``model``
+    (datasets from ``downstream.data.classification.open_splits``; ``test_set``
+    None halves ``train_set``)."""
+    import time
+
+    from downstream.tasks.zeroshot import class_embeddings, encode_dataset, resolve_templates
+    from react.progress import console, progress
+
+    classnames = train_set.classnames
+    if test_set is None:
+        feats, labels = encode_dataset(model, train_set, batch_size, num_workers)
+        train_idx, test_idx = stratified_halves(labels.numpy())
+        train_x, train_y = feats[train_idx], labels[train_idx]
+        test_x, test_y = feats[test_idx], labels[test_idx]
+    else:
+        train_x, train_y = encode_dataset(model, train_set, batch_size, num_workers,
+                                          description="encoding train images")
+        test_x, test_y = encode_dataset(model, test_set, batch_size, num_workers,
+                                        description="encoding test images")
+    prior, prompt_label = None, None
+    if text_init:
+        prompts, prompt_label = resolve_templates(train_set, templates)
+        scale = float(model.model.logit_scale.detach().exp())
+        prior = text_prior(class_embeddings(model, classnames, prompts), scale)
+    data = ProbeData(train_x, train_y, test_x, test_y, len(classnames), prior)
+    console.log(f"linear probe: {len(train_y)} train / {len(test_y)} test images, {len(classnames)} "
+                f"classes ({rule}); shots {list(shots) or 'none'} x seeds {list(seeds)} + full-shot")
+    start = time.perf_counter()
+    with progress() as bar:
+        task = bar.add_task("fitting probes", total=len(shots) * len(seeds) + 1, unit="run")
+        parts = run_protocol(data, shots, seeds, classnames, on_run=lambda: bar.advance(task))
+    per_class_train = np.bincount(train_y.numpy(), minlength=len(classnames))
+    return {
+        "task": "linear-probe",
+        "model": model.name,
+        "dataset": train_set.name,
+        "metrics": parts["metrics"],
+        "per_class": parts["per_class"],
+        "fewshot": parts["fewshot"],
+        "linear_probe": {
+            "split_rule": rule,
+            "text_init": bool(text_init),
+            "templates": prompt_label,
+            "regularization": "mean CE + lambda/2 ||W - W0||^2 (W0 = text head with --text-init, else 0)",
+            "full_shot_lambda": parts["full"]["lambda"],
+            "full_shot_lambda_from": parts["full"]["lambda_from"],
+            "full_shot_val_images": parts["full"]["val_images"],
+            "min_train_images_per_class": int(per_class_train.min()),
+            "std": "sample standard deviation over seeds (ddof=1)",
+            "fit_seconds": round(time.perf_counter() - start, 2),
+        },
+    }

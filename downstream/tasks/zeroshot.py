@@ -6,8 +6,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from downstream.datasets import ClassificationDataset
-from downstream.metrics import mean_per_class_recall, per_class_recall, topk_accuracy
+from downstream.data.classification import ClassificationDataset
+from downstream.defaults import DEFAULT_BATCH_SIZE
+from downstream.tasks.metrics import mean_per_class_recall, per_class_recall, topk_accuracy
 from react.templates import DEFAULT_TEMPLATES, describe_templates, get_templates
 from react.errors import ReactError
 from react.loading import LoadFailure, check_batch, collate, guarded
@@ -62,7 +63,7 @@ def class_embeddings(model: LoadedModel, classnames: Sequence[str], templates: S
 
 
 def encode_dataset(
-    model: LoadedModel, dataset: ClassificationDataset, batch_size: int = 64, num_workers: int = 0,
+    model: LoadedModel, dataset: ClassificationDataset, batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int = 0,
     description: str = "encoding images",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All images -> ([N, D] normalized features, [N] labels), in dataset order."""
@@ -87,7 +88,7 @@ def evaluate_zeroshot(
     model: LoadedModel,
     dataset: ClassificationDataset,
     templates: str | Sequence[str] | None = None,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     num_workers: int = 0,
 ) -> dict:
     """Zero-shot top-1/top-5/mean per-class recall of ``model`` on ``dataset``.

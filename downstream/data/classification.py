@@ -11,6 +11,9 @@ c. the CLIP_benchmark webdataset layout (``DIR/classnames.txt``,
 Each yields ``(PIL RGB image, int label)`` and carries ``classnames``,
 ``templates`` (the dataset's own prompts, or None) and ``name``. Bad input
 raises ReactError naming the culprit.
+
+``open_splits(path, train_split, split)`` opens the (train, test) pair the
+linear probe needs, or says the dataset has one split to halve.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
+from downstream.defaults import DEFAULT_SPLIT, DEFAULT_TRAIN_SPLIT
 from react.errors import ReactError
 from react.images import IMAGE_EXTENSIONS, load_rgb
 from react.shards import ShardImage, load_shard_image, scan_tar
@@ -245,7 +249,7 @@ def detect_format(path: Path) -> str:
     return "imagefolder"
 
 
-def build_classification_dataset(path: str | Path, split: str = "test") -> ClassificationDataset:
+def build_classification_dataset(path: str | Path, split: str = DEFAULT_SPLIT) -> ClassificationDataset:
     """Open ``path`` as a classification dataset; see the module docstring for forms."""
     root = Path(path).expanduser()
     if not root.exists():
@@ -256,3 +260,30 @@ def build_classification_dataset(path: str | Path, split: str = "test") -> Class
     if kind == "embedded":
         return _build_embedded(root if root.is_file() else root / EMBEDDED_PARQUET, split)
     return _build_imagefolder(root, split)
+
+
+def open_splits(path: str | Path, train_split: str = DEFAULT_TRAIN_SPLIT, split: str = DEFAULT_SPLIT
+                ) -> tuple[ClassificationDataset, ClassificationDataset | None, str]:
+    """(train dataset, test dataset or None, the split rule in words). None:
+    a dataset with one split (the embedded corpus, an ImageFolder without
+    split folders), which ``evaluate_linear_probe`` halves per class."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise ReactError(f"dataset not found: {root}")
+    if detect_format(root) == "embedded":
+        return (build_classification_dataset(root, "test"), None,
+                "embedded: per class floor(n/2) train, rest test (seed 0)")
+    if train_split == split:
+        raise ReactError(f"--train-split and --split are both {split!r}: the probe would be tested "
+                         "on its training images")
+    train = build_classification_dataset(root, train_split)
+    test = build_classification_dataset(root, split)
+    if getattr(train, "paths", None) is not None and train.paths == getattr(test, "paths", None):
+        # An ImageFolder without split folders answers every split with the
+        # whole tree; halve it rather than test on the training images.
+        return (test, None, f"one split ({root.name} has no {train_split!r}/{split!r} folders): "
+                            "per class floor(n/2) train, rest test (seed 0)")
+    if train.classnames != test.classnames:
+        raise ReactError(f"{root}: splits {train_split!r} and {split!r} have different classes "
+                         f"({len(train.classnames)} vs {len(test.classnames)})")
+    return train, test, f"{train_split} -> {split}"

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from downstream.defaults import DEFAULT_SCENE_SEED, DEFAULT_SCENES
 from react.errors import ReactError
 from react.schemas import CLASSES_FILE, atomic_dir, read_parquet
 
@@ -172,7 +173,7 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
 
 
-def build_scenes(corpus_dir: str | Path, out_dir: str | Path, n: int = 200, seed: int = 0,
+def build_scenes(corpus_dir: str | Path, out_dir: str | Path, n: int = DEFAULT_SCENES, seed: int = DEFAULT_SCENE_SEED,
                  size: int = SCENE_SIZE) -> Path:
     """Write ``n`` composed scenes (both forms, see the module doc) to ``out_dir``, atomically.
 
@@ -218,7 +219,7 @@ def build_scenes(corpus_dir: str | Path, out_dir: str | Path, n: int = 200, seed
     return Path(out_dir)
 
 
-def ensure_scenes(corpus_dir: str | Path, n: int = 200, seed: int = 0) -> Path:
+def ensure_scenes(corpus_dir: str | Path, n: int = DEFAULT_SCENES, seed: int = DEFAULT_SCENE_SEED) -> Path:
     """The composed scenes for an embedded corpus, built once and cached under
     ``CORPUS/scenes/v{version}-n{n}-seed{seed}`` (deterministic, so the cache
     is just a shortcut)."""

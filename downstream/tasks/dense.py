@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from downstream.defaults import DENSE_MODES
 from react.errors import ReactError
 
 Mode = Literal["maskclip", "value"]
-MODES: tuple[str, ...] = ("maskclip", "value")
 
 
 @dataclass
@@ -148,8 +148,8 @@ def dense_outputs(model: nn.Module, images: torch.Tensor, mode: Mode = "maskclip
     ``model``: a LoadedModel, an open_clip CLIP, or its VisionTransformer.
     H and W need not match the model's image size; a border smaller than a
     patch is dropped (conv1's stride)."""
-    if mode not in MODES:
-        raise ReactError(f"dense features: unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    if mode not in DENSE_MODES:
+        raise ReactError(f"dense features: unknown mode {mode!r} (choose from {', '.join(DENSE_MODES)})")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ReactError(f"dense features: expected images [B, 3, H, W], got {tuple(images.shape)}")
     visual = vision_tower(model)

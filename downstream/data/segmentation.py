@@ -1,6 +1,6 @@
 """Semantic-segmentation datasets: images + PNG label masks + a class-name list.
 
-Layout (VOC / COCO-Stuff style, and what ``downstream.scenes`` writes)::
+Layout (VOC / COCO-Stuff style, and what ``downstream.data.scenes`` writes)::
 
     ROOT/classes.txt          class i's name on line i (blank lines skipped)
     ROOT/images/STEM.png|jpg  the images
@@ -11,9 +11,9 @@ Layout (VOC / COCO-Stuff style, and what ``downstream.scenes`` writes)::
     ROOT/meta.json            optional: {"num_classes": N, "ignore_index": 255}
 
 Without a split list every image is used. A class named ``background`` (or
-``__background__``) marks the dataset as VOC-style; see downstream.segmentation
+``__background__``) marks the dataset as VOC-style; see downstream.tasks.segmentation
 for how it is scored. An embedded corpus directory (downstream.parquet +
-cutouts/) stands for its composed scenes (downstream.scenes.ensure_scenes).
+cutouts/) stands for its composed scenes (downstream.data.scenes.ensure_scenes).
 
 Masks are checked as they are read: a label outside the class list (and not
 the ignore label) or a mask whose size differs from its image is a ReactError
@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from downstream.defaults import DEFAULT_IGNORE_INDEX
 from react.errors import ReactError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MASK_MODES = ("L", "P", "I", "I;16")
 BACKGROUND_NAMES = ("background", "__background__", "bg")
-DEFAULT_IGNORE = 255
 
 
 @dataclass
@@ -43,7 +43,7 @@ class SegmentationDataset:
     classnames: list[str]
     images: list[Path]
     masks: list[Path]
-    ignore_index: int = DEFAULT_IGNORE
+    ignore_index: int = DEFAULT_IGNORE_INDEX
     templates: list[str] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -144,7 +144,7 @@ def resolve_root(path: str | Path) -> Path:
     if not root.is_dir():
         raise ReactError(f"segmentation dataset not found: {root}")
     if (root / "downstream.parquet").is_file() and not (root / "classes.txt").is_file():
-        from downstream.scenes import ensure_scenes, is_embedded_corpus
+        from downstream.data.scenes import ensure_scenes, is_embedded_corpus
 
         if is_embedded_corpus(root):
             return ensure_scenes(root)
@@ -164,7 +164,7 @@ def _own_templates(root: Path, original: Path) -> list[str] | None:
 def build_segmentation_dataset(path: str | Path, split: str | None = None,
                                ignore_index: int | None = None) -> SegmentationDataset:
     """Read a dataset directory (see the module doc); ``ignore_index`` None
-    takes meta.json's, else 255."""
+    takes meta.json's, else DEFAULT_IGNORE_INDEX (255)."""
     original = Path(path).expanduser()
     root = resolve_root(original)
     classnames = _classnames(root)
@@ -173,7 +173,7 @@ def build_segmentation_dataset(path: str | Path, split: str | None = None,
         raise ReactError(f"{root}: meta.json says {meta['num_classes']} classes, "
                          f"classes.txt names {len(classnames)}")
     if ignore_index is None:
-        ignore_index = int(meta.get("ignore_index", DEFAULT_IGNORE))
+        ignore_index = int(meta.get("ignore_index", DEFAULT_IGNORE_INDEX))
     if 0 <= ignore_index < len(classnames):
         raise ReactError(f"ignore label {ignore_index} is also class {classnames[ignore_index]!r}")
     image_dir, mask_dir = root / "images", root / "masks"
