@@ -13,14 +13,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from customize.data import AUGMENTATIONS, DEFAULT_AUGMENT
-from customize.gated import DEFAULT_MLP_RATIO
-from customize.loss import DEFAULT_GAMMA
-from customize.modes import DEFAULT_MODE, check_mode
+from customize.constants import (AUGMENTATIONS, DEFAULT_AUGMENT, DEFAULT_GAMMA, DEFAULT_MLP_RATIO, DEFAULT_MODE,
+                                 DEFAULT_PRECISION, PRECISIONS)
+from react.config import DECODERS, DEFAULT_DECODER
 from react.errors import ReactError
 
 PAPER_BATCH, PAPER_WARMUP, PAPER_EPOCHS = 4096, 5000, 32.0
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -44,7 +42,7 @@ class TrainConfig:
     train_logit_scale: bool = False
     augment: str = DEFAULT_AUGMENT
     accum_steps: int = 1              # micro-batches per step (same gradient as the full batch)
-    precision: str = "auto"           # auto: bf16 on CUDA, fp32 on CPU
+    precision: str = DEFAULT_PRECISION  # auto: bf16 on CUDA, fp32 on CPU
     grad_checkpointing: bool = False
     text_cache: bool = True           # cache caption embeddings when the text tower is frozen
     workers: int | None = None
@@ -57,7 +55,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_templates: str | None = None
     stop_after: int | None = None     # stop (with a checkpoint) after this many steps in this invocation
-    decoder: str = "auto"             # auto|gpu|cpu|pil (react.batch_decode); auto: gpu on CUDA, else pil
+    decoder: str = DEFAULT_DECODER    # auto|gpu|cpu|pil (react.batch_decode); auto: gpu on CUDA, else pil
     compile: bool | None = None       # torch.compile the image tower; None: on CUDA only
     resume: bool = False
     overwrite: bool = False
@@ -93,6 +91,8 @@ def merge_for_resume(stored: dict[str, Any], given: TrainConfig) -> TrainConfig:
 
 def validate(c: TrainConfig) -> None:
     """Cheap checks before anything loads; messages name the option."""
+    from customize.modes import check_mode
+
     check_mode(c.mode)
     if not 0 < c.gamma <= 1:
         raise ReactError(f"--gamma must lie in (0, 1], got {c.gamma}")
@@ -113,8 +113,6 @@ def validate(c: TrainConfig) -> None:
         raise ReactError(f"--batch-size must be at least 2 (a contrastive batch needs negatives), got {c.batch_size}")
     if c.augment not in AUGMENTATIONS:
         raise ReactError(f"unknown --augment {c.augment!r} (choose from {', '.join(AUGMENTATIONS)})")
-    from react.batch_decode import DECODERS
-
     if c.decoder not in DECODERS:
         raise ReactError(f"unknown --decoder {c.decoder!r} (choose from {', '.join(DECODERS)})")
     if c.precision not in PRECISIONS:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from customize.constants import AUGMENTATIONS, DEFAULT_AUGMENT  # noqa: F401  (re-exported)
+from customize.constants import AUGMENTATIONS
 from react.errors import ReactError
 from react.images import load_rgb, read_span
 from react.loading import LoadFailure, guarded

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from customize.constants import DEFAULT_GAMMA  # noqa: F401  (the paper's 0.9; re-exported)
+from customize.constants import DEFAULT_GAMMA  # the paper's 0.9
 
 _TOLERANCE = 1e-6  # identical captions give 0.99999994, not 1.0
 

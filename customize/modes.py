@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from customize.constants import MODES
 from customize.gated import is_gated_name
 from react.errors import ReactError
-
-from customize.constants import DEFAULT_MODE, MODES  # noqa: F401  (re-exported)
 
 TEMPERATURE_PARAMS = ("logit_scale", "logit_bias")
 

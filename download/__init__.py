@@ -1,8 +1,16 @@
-"""Subset download: a retrieved subset (urls + captions) to training shards,
-through img2dataset, without ever storing the whole corpus.
+"""Stage: subset download -- a retrieved subset (urls + captions) to training
+shards, through img2dataset, without ever storing the whole corpus
+(``react download``; the CLI is download/cli.py).
 
-One entry point, ``download_subset(subset, out, ...)`` (what ``react download``
-runs). Its steps, one module each:
+Reads a subset parquet or CSV with ``url`` and ``caption`` (``react retrieve``
+writes one), or with ``--local-corpus`` the images of a corpus folder on disk.
+Writes a shards folder: ``{00000..N}.tar`` (``.jpg``, ``.txt``, ``.json``),
+img2dataset's ``*_stats.json`` and per-shard parquet, ``sizes.json`` and
+``download.json`` (manifest and summary).
+
+Public functions (the door, imported lazily): ``download_subset(subset, out,
+...)`` is what ``react download`` runs; ``DownloadOptions`` holds its
+img2dataset settings and their defaults. Its steps, one module each:
 
 - ``inputs``: read and validate the subset (parquet or CSV with ``url`` and
   ``caption``; kept columns; unique keys) and digest its rows;

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from download.options import DISTRIBUTORS, OPT_OUT_DIRECTIVES, RESIZE_MODES
+from download.options import DISTRIBUTORS, RESIZE_MODES
+from download.options import DownloadOptions as O
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -32,32 +33,41 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--overwrite", action="store_true", help="replace the shards SHARDS_DIR holds")
     p.add_argument("--retry-failed", action="store_true",
                    help="re-attempt only the rows that failed, into new shards after the existing ones")
-    g = p.add_argument_group("img2dataset")
-    g.add_argument("--distributor", choices=DISTRIBUTORS, default="multiprocessing",
-                   help="img2dataset's distributor (pyspark/ray: see the README)")
-    g.add_argument("--spark-master", metavar="URL",
+    _add_img2dataset_args(p.add_argument_group("img2dataset"))
+    p.add_argument("--warn-below", type=float, default=O.warn_below,
+                   help=f"warn for a class that keeps less than this fraction of its images (default: {O.warn_below})")
+    p.set_defaults(func=run_download)
+
+
+def _add_img2dataset_args(g: argparse._ArgumentGroup) -> None:
+    """img2dataset's settings; every default is DownloadOptions' (download.options), the one definition."""
+    g.add_argument("--distributor", choices=DISTRIBUTORS, default=O.distributor,
+                   help=f"img2dataset's distributor (pyspark/ray: see the README; default: {O.distributor})")
+    g.add_argument("--spark-master", metavar="URL", default=O.spark_master,
                    help="with --distributor pyspark: the Spark master (spark://HOST:PORT, yarn, k8s://URL; "
                         "default: local[--processes] in this process; an active session is used as it is)")
-    g.add_argument("--processes", type=int, help="worker processes (default: one per core)")
-    g.add_argument("--threads", type=int, default=32, help="download threads per process (default: 32)")
-    g.add_argument("--image-size", type=int, default=256, help="resize target in pixels (default: 256)")
-    g.add_argument("--resize-mode", choices=RESIZE_MODES, default="keep_ratio",
-                   help="img2dataset resize mode (default: keep_ratio, the smaller side becomes --image-size)")
-    g.add_argument("--upscale", action="store_true", help="also enlarge smaller images (default: only shrink)")
-    g.add_argument("--quality", type=int, default=95, help="jpeg quality (default: 95)")
-    g.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default: 10000)")
-    g.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
-    g.add_argument("--retries", type=int, default=2, help="further attempts per url (default: 2)")
-    g.add_argument("--keep", type=_names, metavar="COL,...",
+    g.add_argument("--processes", type=int, default=O.processes, help="worker processes (default: one per core)")
+    g.add_argument("--threads", type=int, default=O.threads,
+                   help=f"download threads per process (default: {O.threads})")
+    g.add_argument("--image-size", type=int, default=O.image_size,
+                   help=f"resize target in pixels (default: {O.image_size})")
+    g.add_argument("--resize-mode", choices=RESIZE_MODES, default=O.resize_mode,
+                   help=f"img2dataset resize mode (default: {O.resize_mode}, the smaller side becomes --image-size)")
+    g.add_argument("--upscale", action="store_true", default=not O.resize_only_if_bigger,
+                   help="also enlarge smaller images (default: only shrink)")
+    g.add_argument("--quality", type=int, default=O.encode_quality,
+                   help=f"jpeg quality (default: {O.encode_quality})")
+    g.add_argument("--shard-size", type=int, default=O.shard_size,
+                   help=f"samples per shard (default: {O.shard_size})")
+    g.add_argument("--timeout", type=float, default=O.timeout, help=f"seconds per request (default: {O.timeout:g})")
+    g.add_argument("--retries", type=int, default=O.retries, help=f"further attempts per url (default: {O.retries})")
+    g.add_argument("--keep", type=_names, default=O.keep, metavar="COL,...",
                    help="subset columns to carry into each sample's .json (default: key, similarity, classes)")
-    g.add_argument("--user-agent-token", default="img2dataset",
-                   help="token in the User-Agent; X-Robots-Tag opt-outs addressed to it are honoured "
-                        "(default: img2dataset)")
-    g.add_argument("--opt-out-directives", type=_names, default=OPT_OUT_DIRECTIVES, metavar="D,...",
+    g.add_argument("--user-agent-token", default=O.user_agent_token,
+                   help=f"token in the User-Agent; X-Robots-Tag opt-outs addressed to it are honoured "
+                        f"(default: {O.user_agent_token})")
+    g.add_argument("--opt-out-directives", type=_names, default=O.disallowed_header_directives, metavar="D,...",
                    help="X-Robots-Tag directives that opt an image out (default: %(default)s)")
-    p.add_argument("--warn-below", type=float, default=0.5,
-                   help="warn for a class that keeps less than this fraction of its images (default: 0.5)")
-    p.set_defaults(func=run_download)
 
 
 def run_download(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from react.errors import ReactError
 from react.progress import console, progress
 from react.schemas import SHARD_SUBSET_KEY
 
-from download.inputs import read_subset
+from download.inputs import Subset, read_subset
 from download.options import DownloadOptions
 from download.runner import Round, run_round
 from download.shardsdir import ShardsDir
@@ -40,46 +40,17 @@ def download_subset(subset: str | Path, out: str | Path, *, local_corpus: str | 
         from download.local import LocalCorpus
 
         local = LocalCorpus(local_corpus)
-    record = {"path": str(sub.path), "rows": sub.rows, "digest": sub.digest}
-    folder = ShardsDir.open(Path(out), record, opts.layout(sub.kept), resume=resume, retry_failed=retry_failed,
-                            overwrite=overwrite)
-    with progress(transient=True) as bar:
-        task = bar.add_task("checking shards", total=None, unit="shard")
-        todo = folder.verify(lambda done, total: bar.update(task, completed=done, total=total))
-    kept_before = len(folder.shards)
-    if kept_before:
-        console.print(f"{kept_before} complete shard(s) kept, {len(todo)} to download", highlight=False)
-
-    image_paths = dict(zip(sub.table.column(SHARD_SUBSET_KEY).to_pylist(), sub.image_paths)) \
-        if sub.image_paths else None
-    columns = list(sub.kept)
-
-    def prepared(table: pa.Table, index: int) -> tuple[pa.Table, list[str], tuple | None]:
-        if local is None:
-            return table, columns, None
-        from download.local import LOCAL_URL, RESTORE
-
-        return local.prepare(table, image_paths, folder.work / "inputs" / f"files-{index}"), \
-            [*columns, LOCAL_URL], RESTORE
-
+    folder, todo = _open_and_verify(Path(out), sub, opts, resume=resume, retry_failed=retry_failed,
+                                    overwrite=overwrite)
+    inputs = _RoundInputs(sub, local, folder)
     verb = "reading" if local else "downloading"
     if todo:
         size = opts.shard_size
-        table, cols, rewrite = prepared(sub.table, 0)
+        table, cols, rewrite = inputs.prepared(sub.table, 0)
         rows = sum(min(size, sub.rows - s * size) for s in todo)
         run_round(folder, Round(0, table, 0, todo, cols, rows, rewrite, commit_each=True), opts, verb)
-
     if retry_failed:
-        failed = _failed_rows(folder, sub.table)
-        if failed.num_rows == 0:
-            console.print("nothing to retry: every row is downloaded", highlight=False)
-        else:
-            index, first = len(folder.rounds), folder.next_shard()
-            shards = -(-failed.num_rows // opts.shard_size)
-            table, cols, rewrite = prepared(failed, index)
-            run_round(folder, Round(index, table, first, list(range(first, first + shards)), cols,
-                                    failed.num_rows, rewrite, commit_each=False), opts, f"retrying ({verb})")
-            folder.add_round(first, shards, failed.num_rows)
+        _retry_round(folder, sub.table, inputs, opts, verb)
 
     attempts = folder.attempts([SHARD_SUBSET_KEY])
     summary = summarize(sub.table, attempts, opts.warn_below, {
@@ -88,6 +59,55 @@ def download_subset(subset: str | Path, out: str | Path, *, local_corpus: str | 
     folder.finish(summary, opts.record())
     print_summary(summary, str(out))
     return summary
+
+
+def _open_and_verify(out: Path, sub: Subset, opts: DownloadOptions, *, resume: bool, retry_failed: bool,
+                     overwrite: bool) -> tuple[ShardsDir, list[int]]:
+    """The output folder (resumed, retried, overwritten or new) with every shard
+    it holds checked; returns it and the shards still to download."""
+    record = {"path": str(sub.path), "rows": sub.rows, "digest": sub.digest}
+    folder = ShardsDir.open(out, record, opts.layout(sub.kept), resume=resume, retry_failed=retry_failed,
+                            overwrite=overwrite)
+    with progress(transient=True) as bar:
+        task = bar.add_task("checking shards", total=None, unit="shard")
+        todo = folder.verify(lambda done, total: bar.update(task, completed=done, total=total))
+    kept_before = len(folder.shards)
+    if kept_before:
+        console.print(f"{kept_before} complete shard(s) kept, {len(todo)} to download", highlight=False)
+    return folder, todo
+
+
+class _RoundInputs:
+    """What img2dataset reads in a round: the rows as they are, or, with
+    ``--local-corpus``, rewritten to point at files on disk (restored after)."""
+
+    def __init__(self, sub: Subset, local, folder: ShardsDir) -> None:
+        self.local, self.folder = local, folder
+        self.columns = list(sub.kept)
+        self.image_paths = dict(zip(sub.table.column(SHARD_SUBSET_KEY).to_pylist(), sub.image_paths)) \
+            if sub.image_paths else None
+
+    def prepared(self, table: pa.Table, index: int) -> tuple[pa.Table, list[str], tuple | None]:
+        if self.local is None:
+            return table, self.columns, None
+        from download.local import LOCAL_URL, RESTORE
+
+        return self.local.prepare(table, self.image_paths, self.folder.work / "inputs" / f"files-{index}"), \
+            [*self.columns, LOCAL_URL], RESTORE
+
+
+def _retry_round(folder: ShardsDir, subset: pa.Table, inputs: _RoundInputs, opts: DownloadOptions, verb: str) -> None:
+    """``--retry-failed``: the rows whose latest attempt failed, into new shards after the existing ones."""
+    failed = _failed_rows(folder, subset)
+    if failed.num_rows == 0:
+        console.print("nothing to retry: every row is downloaded", highlight=False)
+        return
+    index, first = len(folder.rounds), folder.next_shard()
+    shards = -(-failed.num_rows // opts.shard_size)
+    table, cols, rewrite = inputs.prepared(failed, index)
+    run_round(folder, Round(index, table, first, list(range(first, first + shards)), cols,
+                            failed.num_rows, rewrite, commit_each=False), opts, f"retrying ({verb})")
+    folder.add_round(first, shards, failed.num_rows)
 
 
 def _failed_rows(folder: ShardsDir, subset: pa.Table) -> pa.Table:

@@ -1,10 +1,15 @@
-"""The knowledge base: corpus embeddings and the FAISS indices over them.
+"""Stage: the knowledge base -- corpus embeddings and the FAISS indices over
+them (``react embed``, ``react index {build,tune,eval}``; the CLI is index/cli.py).
 
-Public API (imported lazily, so ``import index`` stays cheap):
+Reads a corpus (a corpus directory or parquet with ``image_path``, webdataset
+shards, or an image folder with captions) and a model. Writes an embedding
+folder in the clip-retrieval / LAION layout (``img_emb/``, ``text_emb/``,
+``metadata/``, ``embed.json``) and, from it, an index folder (faiss index
+file(s), row metadata, ``index.json``). Defaults live in ``index.defaults``.
 
-- ``embed_corpus(corpus, model, out, ...)``: what ``react embed`` runs; writes
-  the clip-retrieval / LAION layout (``img_emb/``, ``text_emb/``, ``metadata/``,
-  ``embed.json``).
+Public functions (the door; imported lazily, so ``import index`` stays cheap):
+
+- ``embed_corpus(corpus, model, out, ...)``: what ``react embed`` runs.
 - ``write_embedding_folder(out, img, txt, metadata=None, ...)``: the same layout
   from vectors computed elsewhere.
 - ``check_embeddings(emb_dir) -> dict``: validates every part (alignment, dtype,

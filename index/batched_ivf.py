@@ -157,68 +157,81 @@ def batched_ivf_search(
         x = np.ascontiguousarray(vt.apply(x), dtype=np.float32)
     if k <= 0:
         raise ValueError("k must be positive")
-    nq, d = x.shape
+    nq = x.shape[0]
     nprobe = max(1, min(int(nprobe or ivf.nprobe), ivf.nlist))
     threads = max(1, threads or faiss.omp_get_max_threads())
     vals = np.full((threads, nq, k), -np.finfo(np.float32).max, np.float32)
     ids = np.full((threads, nq, k), -1, np.int64)
     if nq == 0 or ivf.ntotal == 0:
         return vals[0], ids[0]
+    scan = _Scan(ivf, x, nprobe, vals, ids)
+    if threads == 1:
+        scan.work(0)
+    else:
+        pool = [threading.Thread(target=scan.work, args=(t,)) for t in range(threads)]
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+    if scan.errors:
+        raise scan.errors[0]
+    if threads == 1:
+        return vals[0], ids[0]
+    return faiss.merge_knn_results(vals, ids, keep_max=True)
 
-    # (1) probes, (2) inverted: the queries probing each list, grouped by list
-    _, assign = ivf.quantizer.search(x, nprobe)
-    flat = assign.ravel()
-    order = np.argsort(flat, kind="stable")
-    qof = (order // nprobe).astype(np.int64)
-    per_list = np.bincount(flat[flat >= 0], minlength=ivf.nlist)
-    start = np.concatenate([[np.count_nonzero(flat < 0)], per_list]).cumsum()
-    inv = ivf.invlists
-    sizes = np.array([inv.list_size(int(l)) for l in range(ivf.nlist)], dtype=np.int64)
-    lists = np.flatnonzero((per_list > 0) & (sizes > 0))
-    lists = lists[np.argsort(-(per_list[lists] * sizes[lists]), kind="stable")]  # big GEMMs first
-    scorer = _Lists(ivf, x)
-    chunks = [lists[i:i + _CHUNK] for i in range(0, len(lists), _CHUNK)]
-    next_chunk = itertools.count().__next__  # atomic under the GIL
-    errors: list[BaseException] = []
 
-    def work(t: int) -> None:
-        # (3) one GEMM per list, (4) push its scores into this thread's per-query heaps
+class _Scan:
+    """One batch's list-major scan: (1) probes, (2) inverted into the queries
+    probing each list, grouped by list; then per worker thread ``t`` (3) one GEMM
+    per list and (4) its scores pushed into that thread's per-query heaps
+    (``vals[t]``, ``ids[t]``). Lists are handed out ``_CHUNK`` at a time, biggest
+    GEMMs first, to whichever worker asks next."""
+
+    def __init__(self, ivf: faiss.IndexIVF, x: np.ndarray, nprobe: int, vals: np.ndarray, ids: np.ndarray) -> None:
+        self.vals, self.ids = vals, ids
+        self.nq, self.d = x.shape
+        self.k = vals.shape[2]
+        self.threads = vals.shape[0]
+        _, assign = ivf.quantizer.search(x, nprobe)
+        flat = assign.ravel()
+        order = np.argsort(flat, kind="stable")
+        self.qof = (order // nprobe).astype(np.int64)
+        per_list = np.bincount(flat[flat >= 0], minlength=ivf.nlist)
+        self.start = np.concatenate([[np.count_nonzero(flat < 0)], per_list]).cumsum()
+        self.inv = ivf.invlists
+        self.sizes = np.array([self.inv.list_size(int(l)) for l in range(ivf.nlist)], dtype=np.int64)
+        lists = np.flatnonzero((per_list > 0) & (self.sizes > 0))
+        lists = lists[np.argsort(-(per_list[lists] * self.sizes[lists]), kind="stable")]  # big GEMMs first
+        self.scorer = _Lists(ivf, x)
+        self.chunks = [lists[i:i + _CHUNK] for i in range(0, len(lists), _CHUNK)]
+        self.next_chunk = itertools.count().__next__  # atomic under the GIL
+        self.errors: list[BaseException] = []
+
+    def work(self, t: int) -> None:
+        """Worker ``t``: takes chunks of lists until none is left; an error is kept for the caller."""
+        inv, sizes, qof, start = self.inv, self.sizes, self.qof, self.start
         heap = faiss.float_minheap_array_t()  # min-heap of the k largest scores
-        heap.nh, heap.k = nq, k
-        heap.val, heap.ids = faiss.swig_ptr(vals[t]), faiss.swig_ptr(ids[t])
-        buf = np.empty((int(sizes.max()) if scorer.sq else 0, d), np.float32)
+        heap.nh, heap.k = self.nq, self.k
+        heap.val, heap.ids = faiss.swig_ptr(self.vals[t]), faiss.swig_ptr(self.ids[t])
+        buf = np.empty((int(sizes.max()) if self.scorer.sq else 0, self.d), np.float32)
         # one BLAS thread per worker: multi-threaded OpenBLAS on these small GEMMs is slower
         blas_before = _SET_BLAS_LOCAL(1) if _SET_BLAS_LOCAL is not None else None
-        if threads > 1:
+        if self.threads > 1:
             faiss.omp_set_num_threads(1)  # thread-local in libgomp for a non-OpenMP thread
         try:
-            while (c := next_chunk()) < len(chunks):
-                for l in chunks[c]:
+            while (c := self.next_chunk()) < len(self.chunks):
+                for l in self.chunks[c]:
                     l = int(l)
                     n_l = int(sizes[l])
                     codes = inv.get_codes(l)
                     qi = qof[start[l]:start[l + 1]]
-                    s = scorer.scores(l, qi, codes, n_l, buf)
+                    s = self.scorer.scores(l, qi, codes, n_l, buf)
                     heap.addn_query_subset_with_ids(len(qi), faiss.swig_ptr(qi), n_l, faiss.swig_ptr(s),
                                                     inv.get_ids(l), 0)
                     inv.release_codes(l, codes)
             heap.reorder()
         except BaseException as e:  # re-raised in the caller
-            errors.append(e)
+            self.errors.append(e)
         finally:
             if blas_before is not None:
                 _SET_BLAS_LOCAL(blas_before)
-
-    if threads == 1:
-        work(0)
-    else:
-        pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-        for th in pool:
-            th.start()
-        for th in pool:
-            th.join()
-    if errors:
-        raise errors[0]
-    if threads == 1:
-        return vals[0], ids[0]
-    return faiss.merge_knn_results(vals, ids, keep_max=True)

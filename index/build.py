@@ -21,16 +21,17 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from index.defaults import (FACTORY, K, MODALITIES, MODALITY, N_QUERIES, SAMPLE_SIZE, SEED,
+                            TARGET_RECALL)
 from index.factory import Candidate, auto_candidates, bytes_per_vector, memory_budget, new_index, parse_factory, train_rows
 from index.metadata import write_metadata
 from index.query import QuerySet, reconstructor
 from index.tune import Truth, bind, default_queries, ground_truth, load_queries, pick, sweep
-from index.vectors import MODALITIES, EmbeddingFolder
+from index.vectors import EmbeddingFolder
 from react.errors import ReactError
 from react.progress import console, progress
 from react.schemas import INDEX_FORMAT, INDEX_JSON, atomic_dir, index_file, index_ids_file, ivfdata_file
 
-SAMPLE_SIZE = 200_000
 SHIFT_SAMPLE = 50_000
 
 
@@ -202,10 +203,10 @@ def tune_built(built: Built, folder: EmbeddingFolder, modality: str, queries: Qu
             "sweep": [p.to_json() for p in points]}
 
 
-def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality: str = "both",
-                factory: str = "auto", target_recall: float = 0.95, k: int = 50, queries: str | None = None,
-                n_queries: int = 1000, memory_gb: float | None = None, sample_size: int = SAMPLE_SIZE,
-                seed: int = 0, overwrite: bool = False, on_disk: bool = False,
+def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality: str = MODALITY,
+                factory: str = FACTORY, target_recall: float = TARGET_RECALL, k: int = K, queries: str | None = None,
+                n_queries: int = N_QUERIES, memory_gb: float | None = None, sample_size: int = SAMPLE_SIZE,
+                seed: int = SEED, overwrite: bool = False, on_disk: bool = False,
                 spark_master: str | None = None) -> dict:
     """Build, tune and write the index folder; returns its index.json content.
 
@@ -240,40 +241,9 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality:
             qs = load_queries(queries, folder.dim, n_queries, seed) if queries else default_queries(folder, mod, n_queries, seed)
             console.print(f"[bold]{mod} index[/]: {folder.count:,} rows, dim {folder.dim}, "
                           f"{len(qs)} {qs.name} queries, target recall@{k} {target_recall}")
-            mod_shift = shift if mod == "image" else None
-            if len(cands) == 1 and folder.count > sample_size:  # nothing to choose: no sample build
-                built, measured, winner, report = None, None, cands[0], []
-            else:
-                built, measured, winner, report = select(cands, folder, mod, qs, k, target_recall, sample_size,
-                                                      mod_shift, seed)
-            if winner.on_disk:
-                built, measured = build_on_disk(winner, folder, mod, tmp, out, budget, seed, spark_master), None
-            elif built is None:
-                built = build_one_index(winner, folder, mod, lambda m=mod: folder.stream(m), folder.count, seed,
-                                        f" ({mod}, all rows)")
-            measured = tune_built(built, folder, mod, qs, k, target_recall, mod_shift, measured)
-            if not winner.on_disk:  # an on-disk index was written by its merge
-                faiss.write_index(built.index, str(index_file(tmp, mod)))
-            if built.ids is not None:
-                np.save(index_ids_file(tmp, mod), built.ids)
-            entries[mod] = {"file": index_file(tmp, mod).name, **winner.to_json(), "count": built.count,
-                            "skipped": folder.count - built.count, "build_s": round(built.seconds, 2),
-                            "bytes": index_file(tmp, mod).stat().st_size, **measured, "candidates": report}
-            if entries[mod]["skipped"]:
-                bad = folder.unusable_rows(mod)
-                named = ", ".join(f"part {p} row {r} (key {k})" for p, r, k in bad)
-                more = entries[mod]["skipped"] - len(bad)
-                entries[mod]["skipped_rows"] = [{"part": p, "row": r, "key": k} for p, r, k in bad]
-                console.print(f"  {mod}: skipped {entries[mod]['skipped']:,} rows with NaN/inf or zero-norm "
-                              f"vectors, never indexed: {named}" + (f" and {more:,} more" if more > 0 else ""),
-                              highlight=False, soft_wrap=True)
-            if winner.on_disk:
-                entries[mod]["ivfdata_bytes"] = ivfdata_file(index_file(tmp, mod)).stat().st_size
-            if mod == "image":
-                entries[mod]["query_shift"] = [round(float(v), 6) for v in shift]
-            console.print(f"  -> {winner.factory} {measured['search_params']}: recall@{k} "
-                          f"{measured['recall']['value']:.3f}, {measured['qps']:,.0f} q/s "
-                          f"({measured['speedup']:.1f}x exact)")
+            entries[mod] = _build_modality(folder, mod, qs, cands, tmp, out, k=k, target_recall=target_recall,
+                                           sample_size=sample_size, shift=shift, budget=budget, seed=seed,
+                                           spark_master=spark_master)
         primary = entries[mods[0]]
         manifest = {"format": INDEX_FORMAT, "modality": modality, "model": folder.model,
                     "model_id": folder.model_id, "dim": folder.dim, "metric": "inner_product",
@@ -284,3 +254,45 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality:
                     "indices": entries}
         (tmp / INDEX_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _build_modality(folder: EmbeddingFolder, mod: str, qs: QuerySet, cands: list[Candidate], tmp: Path, out: Path,
+                    *, k: int, target_recall: float, sample_size: int, shift: np.ndarray | None, budget: int,
+                    seed: int, spark_master: str | None) -> dict:
+    """Choose (on a sample), build (all rows), tune and write one modality's
+    index into ``tmp``; returns its entry of index.json's ``indices``."""
+    mod_shift = shift if mod == "image" else None
+    if len(cands) == 1 and folder.count > sample_size:  # nothing to choose: no sample build
+        built, measured, winner, report = None, None, cands[0], []
+    else:
+        built, measured, winner, report = select(cands, folder, mod, qs, k, target_recall, sample_size,
+                                              mod_shift, seed)
+    if winner.on_disk:
+        built, measured = build_on_disk(winner, folder, mod, tmp, out, budget, seed, spark_master), None
+    elif built is None:
+        built = build_one_index(winner, folder, mod, lambda m=mod: folder.stream(m), folder.count, seed,
+                                f" ({mod}, all rows)")
+    measured = tune_built(built, folder, mod, qs, k, target_recall, mod_shift, measured)
+    if not winner.on_disk:  # an on-disk index was written by its merge
+        faiss.write_index(built.index, str(index_file(tmp, mod)))
+    if built.ids is not None:
+        np.save(index_ids_file(tmp, mod), built.ids)
+    entry = {"file": index_file(tmp, mod).name, **winner.to_json(), "count": built.count,
+             "skipped": folder.count - built.count, "build_s": round(built.seconds, 2),
+             "bytes": index_file(tmp, mod).stat().st_size, **measured, "candidates": report}
+    if entry["skipped"]:
+        bad = folder.unusable_rows(mod)
+        named = ", ".join(f"part {p} row {r} (key {k})" for p, r, k in bad)
+        more = entry["skipped"] - len(bad)
+        entry["skipped_rows"] = [{"part": p, "row": r, "key": k} for p, r, k in bad]
+        console.print(f"  {mod}: skipped {entry['skipped']:,} rows with NaN/inf or zero-norm "
+                      f"vectors, never indexed: {named}" + (f" and {more:,} more" if more > 0 else ""),
+                      highlight=False, soft_wrap=True)
+    if winner.on_disk:
+        entry["ivfdata_bytes"] = ivfdata_file(index_file(tmp, mod)).stat().st_size
+    if mod == "image":
+        entry["query_shift"] = [round(float(v), 6) for v in shift]
+    console.print(f"  -> {winner.factory} {measured['search_params']}: recall@{k} "
+                  f"{measured['recall']['value']:.3f}, {measured['qps']:,.0f} q/s "
+                  f"({measured['speedup']:.1f}x exact)")
+    return entry

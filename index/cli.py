@@ -1,11 +1,20 @@
-"""``react embed`` and ``react index {build,tune,eval}``."""
+"""``react embed`` and ``react index {build,tune,eval}``. Every default is read
+from ``index.defaults`` (or ``react.config``), where the code takes it from too."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from index import defaults as D
+from react.config import DECODERS, DEFAULT_DECODER
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add_embed_parser(sub)
+    _add_index_parsers(sub)
+
+
+def _add_embed_parser(sub: argparse._SubParsersAction) -> None:
     embed = sub.add_parser(
         "embed",
         help="CLIP image and text embeddings of a corpus, in the clip-retrieval / LAION layout",
@@ -20,35 +29,38 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="open_clip model name (with --pretrained) or a model directory")
     embed.add_argument("--pretrained", default=None, metavar="TAG|PATH", help="open_clip pretrained tag or checkpoint")
     embed.add_argument("--out", type=Path, required=True, metavar="EMB_DIR", help="output embedding folder")
-    embed.add_argument("--part-size", type=int, default=100_000, metavar="N", help="rows per part (default: 100000)")
+    embed.add_argument("--part-size", type=int, default=D.PART_SIZE, metavar="N",
+                       help=f"rows per part (default: {D.PART_SIZE})")
     embed.add_argument("--batch-size", type=int, default=None, metavar="B",
-                       help="images per batch (default: 256 on CPU, 1024 on a GPU)")
-    embed.add_argument("--decoder", default="auto", choices=("auto", "gpu", "cpu", "pil"),
+                       help=f"images per batch (default: {D.EMBED_BATCH_CPU} on CPU, {D.EMBED_BATCH_GPU} on a GPU)")
+    embed.add_argument("--decoder", default=DEFAULT_DECODER, choices=DECODERS,
                        help="image decoding: gpu = nvjpeg + batched resize/crop/normalize on the GPU, cpu = "
                             "libjpeg-turbo in the workers + batched resize, pil = PIL per image; auto = gpu on CUDA, "
-                            "else pil (printed)")
+                            f"else pil (printed; default: {DEFAULT_DECODER})")
     embed.add_argument("--workers", type=int, default=None, metavar="W",
-                       help="image-decoding worker processes (default: 0 on CPU, min(8, cpus) on CUDA)")
+                       help=f"image-decoding worker processes (default: 0 on CPU, min({D.EMBED_GPU_WORKERS}, cpus) "
+                            f"on CUDA)")
     embed.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     mode = embed.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="keep finished, valid parts; redo the rest")
     mode.add_argument("--overwrite", action="store_true", help="replace embeddings already in EMB_DIR")
     embed.set_defaults(func=_embed)
-    _add_index_parsers(sub)
 
 
 def _add_query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", default=None, metavar="QUERY.npy|EMB_DIR",
                    help="query vectors (.npy [n, dim]) or an embedding folder whose text side is sampled; "
                         "default: held-out caption embeddings of this corpus (T2I for the image index, T2T for text)")
-    p.add_argument("--n-queries", type=int, default=1000, metavar="N", help="queries to sample (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--n-queries", type=int, default=D.N_QUERIES, metavar="N",
+                   help=f"queries to sample (default: {D.N_QUERIES})")
+    p.add_argument("--seed", type=int, default=D.SEED, help=f"sampling seed (default: {D.SEED})")
 
 
 def _add_target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target-recall", type=float, default=0.95, metavar="R",
-                   help="recall@k against exact search that the tuned setting must reach (default: 0.95)")
-    p.add_argument("--k", type=int, default=50, help="the k of recall@k; REACT retrieves top-k per query (default: 50)")
+    p.add_argument("--target-recall", type=float, default=D.TARGET_RECALL, metavar="R",
+                   help=f"recall@k against exact search that the tuned setting must reach (default: {D.TARGET_RECALL})")
+    p.add_argument("--k", type=int, default=D.K,
+                   help=f"the k of recall@k; REACT retrieves top-k per query (default: {D.K})")
 
 
 def _add_index_parsers(sub: argparse._SubParsersAction) -> None:
@@ -66,17 +78,17 @@ def _add_index_parsers(sub: argparse._SubParsersAction) -> None:
         "under a temporary name and renamed when complete.")
     build.add_argument("emb_dir", type=Path, metavar="EMB_DIR", help="embedding folder (react embed output or LAION's)")
     build.add_argument("--out", type=Path, required=True, metavar="INDEX_DIR", help="index folder to write")
-    build.add_argument("--modality", default="both", choices=("image", "text", "both"),
-                       help="which embeddings to index: image (T2I), text (T2T) or both (default: both)")
-    build.add_argument("--factory", default="auto", metavar="auto|FAISS_FACTORY",
-                       help="'auto' (default) to choose by measurement, or any faiss factory string, e.g. HNSW32, "
-                            "IVF4096_HNSW32,Flat, OPQ64_256,IVF65536_HNSW32,PQ64x8")
+    build.add_argument("--modality", default=D.MODALITY, choices=(*D.MODALITIES, "both"),
+                       help=f"which embeddings to index: image (T2I), text (T2T) or both (default: {D.MODALITY})")
+    build.add_argument("--factory", default=D.FACTORY, metavar="auto|FAISS_FACTORY",
+                       help=f"'auto' to choose by measurement, or any faiss factory string, e.g. HNSW32, "
+                            f"IVF4096_HNSW32,Flat, OPQ64_256,IVF65536_HNSW32,PQ64x8 (default: {D.FACTORY})")
     _add_target_args(build)
     _add_query_args(build)
     build.add_argument("--memory-gb", type=float, default=None, metavar="GB",
                        help="RAM budget for one index when choosing candidates (default: 60%% of physical memory)")
-    build.add_argument("--sample-size", type=int, default=200_000, metavar="N",
-                       help="rows the candidates are compared on before the full build (default: 200000)")
+    build.add_argument("--sample-size", type=int, default=D.SAMPLE_SIZE, metavar="N",
+                       help=f"rows the candidates are compared on before the full build (default: {D.SAMPLE_SIZE})")
     build.add_argument("--on-disk", action="store_true",
                        help="build inverted files in bounded memory: partial indices per chunk of rows, merged "
                             "into memory-mapped INDEX_DIR/<modality>.ivfdata lists (automatic for compressed codes "

@@ -29,10 +29,10 @@ from pathlib import Path
 import faiss
 
 from index.clip_metadata import ClipMetadata, count_rows, metadata_files
+from index.defaults import MODALITIES
 from react.errors import ReactError
 from react.schemas import INDEX_FORMAT, INDEX_JSON
 
-MODALITIES = ("image", "text")
 log = logging.getLogger("react.index")
 
 

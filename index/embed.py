@@ -37,14 +37,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, Dataset
 
+from index.defaults import EMBED_BATCH_CPU, EMBED_BATCH_GPU, PART_SIZE
 from index.distributed import barrier, process_grid  # noqa: F401  (process_grid: re-exported)
 from index.embed_check import (  # noqa: F401  (check_embeddings, EMBED_JSON: re-exported)
     _PART_RE,
@@ -56,114 +56,11 @@ from index.embed_check import (  # noqa: F401  (check_embeddings, EMBED_JSON: re
     check_resume,
     write_plan,
 )
-from index.readers import Corpus, ImageSource, read_corpus
+from index.embed_images import image_batches, resolve_workers
+from index.readers import Corpus, read_corpus
+from react.config import DEFAULT_DECODER
 from react.errors import ReactError
-from react.images import load_rgb, read_span
-from react.loading import LoadFailure, check_batch, collate, guarded
 from react.schemas import atomic_path, img_emb_path, metadata_path, text_emb_path, write_text
-from react.shards import InlineImage, load_shard_image
-
-DEFAULT_PART_SIZE = 100_000
-
-
-# --- loading images in workers --------------------------------------------------------
-
-def load_source(source: ImageSource):
-    if isinstance(source, str):
-        return load_rgb(source)
-    return load_shard_image(source)
-
-
-class _Images(Dataset):
-    def __init__(self, sources: Sequence[ImageSource], preprocess: Callable[[Any], torch.Tensor]) -> None:
-        self.sources = list(sources)
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, index: int) -> torch.Tensor | LoadFailure:
-        return guarded(lambda: self.preprocess(load_source(self.sources[index])))
-
-
-def source_bytes(source: ImageSource) -> tuple[bytes, str]:
-    """(the image's bytes, its name for errors), read without decoding."""
-    if isinstance(source, str):
-        try:
-            return Path(source).read_bytes(), source
-        except FileNotFoundError:
-            raise ReactError(f"image not found: {source}") from None
-        except OSError as exc:
-            raise ReactError(f"cannot read {source}: {exc.__class__.__name__}") from None
-    if isinstance(source, InlineImage):
-        return source.data, source.name
-    return read_span(source.tar, source.offset, source.size), f"{source.tar}:{source.name}"
-
-
-class _RawImages(_Images):
-    """For the batched decoders (react.batch_decode): bytes (``gpu``) or the
-    decoded uint8 image (``cpu``), with the eval crop's parameters."""
-
-    def __init__(self, sources: Sequence[ImageSource], spec: Any, decode: bool) -> None:
-        super().__init__(sources, lambda image: image)
-        self.spec, self.decode = spec, decode
-
-    def __getitem__(self, index: int) -> tuple | LoadFailure:
-        from react.batch_decode import cpu_decode, draw_params, image_size
-
-        def load() -> tuple:
-            data, name = source_bytes(self.sources[index])
-            if self.decode:
-                image = cpu_decode(data, name)
-                height, width = image.shape[1:]
-            else:
-                image, (width, height) = None, image_size(data, name)
-            return None if self.decode else data, image, name, draw_params(self.spec, None, width, height)
-
-        return guarded(load)
-
-
-def _collate_raw(batch: list) -> tuple | LoadFailure:
-    for item in batch:
-        if isinstance(item, LoadFailure):
-            return item
-    datas, images, names, params = zip(*batch)
-    return list(datas), list(images), list(names), torch.tensor(params, dtype=torch.float64)
-
-
-def _image_batches(sources: Sequence[ImageSource], loaded: Any, batch_size: int, workers: int,
-                   decoder: str, spec: Any):
-    """Preprocessed image batches on the model's device, in input order; an
-    unreadable image is an error naming it (rows must stay aligned)."""
-    cuda = loaded.device.type == "cuda"
-    if decoder == "pil":
-        loader = DataLoader(_Images(sources, loaded.preprocess), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, collate_fn=collate, pin_memory=cuda, persistent_workers=False,
-                            prefetch_factor=4 if workers else None)
-        for batch in map(check_batch, loader):
-            yield batch.to(loaded.device, non_blocking=True)
-        return
-    from react.batch_decode import to_device_batch
-
-    loader = DataLoader(_RawImages(sources, spec, decode=decoder == "cpu"), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_collate_raw, persistent_workers=False,
-                        prefetch_factor=4 if workers else None)
-    for datas, images, names, params in map(check_batch, loader):
-        batch, _, failed = to_device_batch(datas, images, params, names, spec, loaded.device)
-        if failed:
-            raise ReactError(failed[0][1])
-        yield batch
-
-
-# --- distribution ------------------------------------------------------------------------
-
-def resolve_workers(requested: int | None, device: torch.device) -> int:
-    if requested is not None:
-        if requested < 0:
-            raise ReactError(f"--workers must be >= 0, got {requested}")
-        return requested
-    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
-
 
 # --- writing ----------------------------------------------------------------------------
 
@@ -207,10 +104,10 @@ def embed_corpus(
     out: str | os.PathLike,
     *,
     pretrained: str | None = None,
-    part_size: int = DEFAULT_PART_SIZE,
+    part_size: int = PART_SIZE,
     batch_size: int | None = None,
     workers: int | None = None,
-    decoder: str = "auto",
+    decoder: str = DEFAULT_DECODER,
     device: str | torch.device | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -221,7 +118,6 @@ def embed_corpus(
     ``LoadedModel``) into ``out``; returns the embed.json content (with
     ``embedded``/``skipped`` part lists for this process)."""
     from react.models import LoadedModel, load_model
-    from react.progress import progress
 
     if part_size < 1:
         raise ReactError(f"--part-size must be >= 1, got {part_size}")
@@ -242,6 +138,32 @@ def embed_corpus(
 
     data = corpus if isinstance(corpus, Corpus) else read_corpus(corpus)
     root = Path(out).expanduser()
+    _clear_or_refuse(root, resume, overwrite, rank)
+    if launched:
+        barrier(world, cpu)  # nobody writes a part before rank 0 has cleared the folder
+
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        if device is None and world > 1 and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+        loaded = load_model(model, pretrained=pretrained, device=device)
+    plan = _start_plan(root, data, loaded, part_size, resume)
+    keys = [str(k) for k in data.metadata.column("key").to_pylist()]
+    todo, skipped = _parts_to_do(root, plan, keys, loaded.embed_dim, rank, world, resume)
+    _embed_parts(root, data, loaded, keys, todo, part_size, batch_size, workers, decoder, rank)
+    if launched:
+        barrier(world, cpu)  # every process has written its parts (or failed, and the launch with it)
+    result = dict(plan)
+    if rank == 0:
+        _finish_folder(root, result, launched)
+    result["embedded"], result["skipped"] = todo, skipped
+    return result
+
+
+def _clear_or_refuse(root: Path, resume: bool, overwrite: bool, rank: int) -> None:
+    """Refuse a folder that already holds embeddings unless resuming or
+    overwriting; with ``overwrite``, rank 0 clears it."""
     if root.exists() and not root.is_dir():
         raise ReactError(f"--out is not a directory: {root}")
     existing = _existing_outputs(root) if root.exists() else []
@@ -252,19 +174,15 @@ def embed_corpus(
             shutil.rmtree(root / sub, ignore_errors=True)
         (root / EMBED_JSON).unlink(missing_ok=True)
         (root / EMBED_PLAN).unlink(missing_ok=True)
-    if launched:
-        barrier(world, cpu)  # nobody writes a part before rank 0 has cleared the folder
 
-    if isinstance(model, LoadedModel):
-        loaded = model
-    else:
-        if device is None and world > 1 and torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-        loaded = load_model(model, pretrained=pretrained, device=device)
+
+def _start_plan(root: Path, data: Corpus, loaded: Any, part_size: int, resume: bool) -> dict:
+    """The folder's identity (what embed.json will hold), checked against the
+    folder's when resuming and written as embed.plan.json."""
     n = len(data)
-    n_parts = math.ceil(n / part_size)
     plan = {"model": loaded.name, "model_id": loaded.identity or loaded.name, "dim": loaded.embed_dim,
-            "count": n, "part_size": part_size, "parts": n_parts, "input": str(data.path), "input_form": data.form}
+            "count": n, "part_size": part_size, "parts": math.ceil(n / part_size), "input": str(data.path),
+            "input_form": data.form}
     if resume:
         check_resume(root, plan)
     for sub in _PART_RE:
@@ -272,35 +190,47 @@ def embed_corpus(
     # Every process writes the (identical) plan after its own check, so the first
     # writer has always seen the folder's previous identity.
     write_plan(root, plan)
+    return plan
 
-    keys = [str(k) for k in data.metadata.column("key").to_pylist()]
-    captions = [str(c) for c in data.metadata.column("caption").to_pylist()]
-    mine = [i for i in range(n_parts) if i % world == rank]
+
+def _parts_to_do(root: Path, plan: dict, keys: list[str], dim: int, rank: int, world: int, resume: bool
+                 ) -> tuple[list[int], list[int]]:
+    """(this process's parts to embed, its finished valid parts kept by ``resume``)."""
+    n, part_size = plan["count"], plan["part_size"]
+    mine = [i for i in range(plan["parts"]) if i % world == rank]
     todo, skipped = [], []
     for part in mine:
         lo, hi = part * part_size, min(n, (part + 1) * part_size)
         if resume:
             try:
-                if check_part(root, part, keys[lo:hi])["dim"] == loaded.embed_dim:
+                if check_part(root, part, keys[lo:hi])["dim"] == dim:
                     skipped.append(part)
                     continue
             except ReactError:
                 pass
         todo.append(part)
+    return todo, skipped
 
-    n_workers = resolve_workers(workers, loaded.device)
+
+def _embed_parts(root: Path, data: Corpus, loaded: Any, keys: list[str], todo: list[int], part_size: int,
+                 batch_size: int | None, workers: int | None, decoder: str, rank: int) -> None:
+    """Embed and write the ``todo`` parts. Parts are written by a background
+    thread (one at a time, waited for before the next is handed over), so
+    writing a part overlaps embedding the next."""
     from concurrent.futures import ThreadPoolExecutor
 
     from react.batch_decode import describe, eval_spec, resolve_decoder
+    from react.progress import progress
 
+    n = len(data)
+    captions = [str(c) for c in data.metadata.column("caption").to_pylist()]
+    n_workers = resolve_workers(workers, loaded.device)
     spec = eval_spec(loaded.preprocess)
     chosen, why = resolve_decoder(decoder, loaded.device, spec)
     if batch_size is None:  # large batches keep a GPU busy; the CPU default is unchanged
-        batch_size = 1024 if loaded.device.type == "cuda" else 256
+        batch_size = EMBED_BATCH_GPU if loaded.device.type == "cuda" else EMBED_BATCH_CPU
     if rank == 0 and todo:
         print(describe(chosen, why) + f", batch {batch_size}", file=sys.stderr)
-    # Parts are written by a background thread (one at a time, waited for before the
-    # next is handed over), so writing a part overlaps embedding the next.
     writer, pending = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-writer"), None
     with writer, progress() as bar:
         task = bar.add_task("embedding", total=sum(min(n, (p + 1) * part_size) - p * part_size for p in todo),
@@ -308,7 +238,7 @@ def embed_corpus(
         for part in todo:
             lo, hi = part * part_size, min(n, (part + 1) * part_size)
             img_chunks = []
-            for batch in _image_batches(data.images[lo:hi], loaded, batch_size, n_workers, chosen, spec):
+            for batch in image_batches(data.images[lo:hi], loaded, batch_size, n_workers, chosen, spec):
                 # features stay on the device (no sync per batch); fp16 as written
                 img_chunks.append(loaded.encode_images(batch, cpu=False).half())
                 bar.advance(task, len(batch))
@@ -324,28 +254,27 @@ def embed_corpus(
         if pending is not None:
             pending.result()
 
-    if launched:
-        barrier(world, cpu)  # every process has written its parts (or failed, and the launch with it)
-    result = dict(plan)
-    if rank == 0:
-        missing = [p for p in range(n_parts) if not metadata_path(root, p).is_file()]
-        if missing and launched:
-            raise ReactError(f"{root}: part(s) {', '.join(map(str, missing[:5]))} missing after every process "
-                             f"finished; embed.json not written (run again with --resume)")
-        if not missing:
-            info = check_embeddings(root, norms=False)
-            if info["count"] != n or info["parts"] != n_parts:
-                raise ReactError(f"{root}: holds {info['count']} rows in {info['parts']} parts, "
-                                 f"expected {n} in {n_parts} (stale parts from another run? use --overwrite)")
-            result["dim"] = info["dim"]
-            write_text(root / EMBED_JSON, json.dumps(result, indent=2) + "\n")
-            (root / EMBED_PLAN).unlink(missing_ok=True)  # embed.json now holds the identity
-    result["embedded"], result["skipped"] = todo, skipped
-    return result
+
+def _finish_folder(root: Path, result: dict, launched: bool) -> None:
+    """Rank 0, after every process: check the whole folder and write embed.json
+    (``result``'s dim updated from it) -- never a folder without its manifest."""
+    n, n_parts = result["count"], result["parts"]
+    missing = [p for p in range(n_parts) if not metadata_path(root, p).is_file()]
+    if missing and launched:
+        raise ReactError(f"{root}: part(s) {', '.join(map(str, missing[:5]))} missing after every process "
+                         f"finished; embed.json not written (run again with --resume)")
+    if not missing:
+        info = check_embeddings(root, norms=False)
+        if info["count"] != n or info["parts"] != n_parts:
+            raise ReactError(f"{root}: holds {info['count']} rows in {info['parts']} parts, "
+                             f"expected {n} in {n_parts} (stale parts from another run? use --overwrite)")
+        result["dim"] = info["dim"]
+        write_text(root / EMBED_JSON, json.dumps(result, indent=2) + "\n")
+        (root / EMBED_PLAN).unlink(missing_ok=True)  # embed.json now holds the identity
 
 
 def write_embedding_folder(out: str | os.PathLike, img: np.ndarray, txt: np.ndarray, metadata: pa.Table | None = None,
-                           *, part_size: int = DEFAULT_PART_SIZE, model: str = "external",
+                           *, part_size: int = PART_SIZE, model: str = "external",
                            chunk: int = 65536) -> dict:
     """Write vectors computed elsewhere (another embedder, a simulation) in the same
     checked layout ``react embed`` writes: float16 unit rows, aligned metadata

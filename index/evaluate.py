@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from index.build import Built, check_args, tune_built
+from index.defaults import K, N_QUERIES, SEED, TARGET_RECALL
 from index.exact import recall_at
 from index.factory import knob_grid, with_knob
 from index.query import QuerySet
@@ -51,8 +52,8 @@ def _queries(folder: EmbeddingFolder, name: str, queries, n_queries: int, seed: 
     return default_queries(folder, name, n_queries, seed)
 
 
-def retune_index(index_dir: str | os.PathLike, *, target_recall: float = 0.95, k: int = 50, queries=None,
-                 n_queries: int = 1000, embeddings=None, seed: int = 0) -> dict:
+def retune_index(index_dir: str | os.PathLike, *, target_recall: float = TARGET_RECALL, k: int = K, queries=None,
+                 n_queries: int = N_QUERIES, embeddings=None, seed: int = SEED) -> dict:
     """Re-measure and re-pick the search parameters; rewrites index.json only."""
     check_args(target_recall, k, n_queries)
     root = Path(index_dir)
@@ -71,8 +72,8 @@ def retune_index(index_dir: str | os.PathLike, *, target_recall: float = 0.95, k
     return manifest
 
 
-def evaluate_index(index_dir: str | os.PathLike, *, queries=None, n_queries: int = 1000, embeddings=None,
-                   ks: tuple[int, ...] = EVAL_KS, seed: int = 0) -> dict:
+def evaluate_index(index_dir: str | os.PathLike, *, queries=None, n_queries: int = N_QUERIES, embeddings=None,
+                   ks: tuple[int, ...] = EVAL_KS, seed: int = SEED) -> dict:
     """Recall@ks and queries/s along each index's knob, next to exact search."""
     root = Path(index_dir)
     manifest = read_manifest(root)

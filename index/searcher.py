@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from index.defaults import K
 from index.factory import Candidate
 from index.metadata import RowMetadata
 from index.query import normalize, reconstructor, search
@@ -171,7 +172,7 @@ class Searcher:
         if dim is not None and dim != self.dim:
             raise ReactError(f"index {self.root} has dimension {self.dim}; the query model embeds to {dim}")
 
-    def search(self, queries: np.ndarray, k: int = 50, modality: str | None = None,
+    def search(self, queries: np.ndarray, k: int = K, modality: str | None = None,
                params: dict | None = None, query_modality: str = "text") -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, rows)`` for a batch of query embeddings.
 

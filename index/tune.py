@@ -16,17 +16,17 @@ from typing import Callable
 
 import numpy as np
 
+from index.defaults import N_QUERIES, SEED
 from index.exact import exact_knn, recall_per_query
 from index.factory import Candidate, knob_grid, with_knob
 from index.query import QuerySet, normalize, search
 from index.vectors import EmbeddingFolder
 from react.errors import ReactError
 
-DEFAULT_QUERIES = 1000
 MIN_TIMING_S = 0.2
 
 
-def default_queries(folder: EmbeddingFolder, modality: str, n: int = DEFAULT_QUERIES, seed: int = 0) -> QuerySet:
+def default_queries(folder: EmbeddingFolder, modality: str, n: int = N_QUERIES, seed: int = SEED) -> QuerySet:
     """Caption embeddings of ``n`` corpus pairs, each held out of its own answer."""
     rows = folder.sample_rows(n, seed=seed + 1)
     rows, vecs = folder.gather("text", rows)
@@ -35,7 +35,7 @@ def default_queries(folder: EmbeddingFolder, modality: str, n: int = DEFAULT_QUE
     return QuerySet("t2i" if modality == "image" else "t2t", vecs, exclude=rows)
 
 
-def load_queries(spec: str | Path, dim: int, n: int = DEFAULT_QUERIES, seed: int = 0) -> QuerySet:
+def load_queries(spec: str | Path, dim: int, n: int = N_QUERIES, seed: int = SEED) -> QuerySet:
     """``--queries``: a ``.npy`` of query vectors, or an embedding folder (its text side)."""
     path = Path(spec)
     if path.is_dir():

@@ -22,10 +22,10 @@ from typing import Iterator
 
 import numpy as np
 
+from index.defaults import MODALITIES
 from react.errors import ReactError
 from react.schemas import img_emb_path, metadata_path, text_emb_path
 
-MODALITIES = ("image", "text")
 MIN_NORM = 1e-3  # below this a row carries no direction worth indexing
 
 

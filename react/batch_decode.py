@@ -35,9 +35,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from react.config import DECODERS
 from react.errors import ReactError
-
-DECODERS = ("auto", "gpu", "cpu", "pil")
 JPEG_MAGIC = b"\xff\xd8\xff"
 KERNELS = {"bicubic": 2.0, "bilinear": 1.0}
 CANVAS_BYTES = 1 << 29  # float32 canvas per chunk of a batch (512 MiB)

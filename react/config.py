@@ -4,6 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# The image decoders of react.batch_decode, as --decoder names them (here, free of
+# torch, so that the stages' parsers can offer them without importing it).
+DECODERS = ("auto", "gpu", "cpu", "pil")
+DEFAULT_DECODER = "auto"  # gpu on a CUDA device, else pil
+
 
 def cache_dir() -> Path:
     """Where fetched sources, the embedded corpus and the base model live."""

@@ -335,3 +335,22 @@ def test_cli_bad_inputs(tiny_model_dir, shards, tmp_path, capsys):
     assert "model directory does not exist" in error(["customize", "--base", str(tmp_path / "nobase"),
                                                       "--train-data", str(shards), "--out", str(tmp_path / "r6")])
     assert "not a customization run" in error(["export", str(tmp_path), "--out", str(tmp_path / "m")])
+
+
+def test_cli_defaults_are_train_config_defaults():
+    """`react customize` reads every default from TrainConfig (one definition each), without loading torch."""
+    import argparse
+    import dataclasses
+    import subprocess
+    import sys
+
+    from customize import cli
+    from customize.config import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    cli.add_parsers(parser.add_subparsers())
+    args = vars(parser.parse_args(["customize", "--base", "b", "--train-data", "t", "--out", "o"]))
+    assert {k: v for k, v in args.items() if k != "func"} == dataclasses.asdict(TrainConfig("b", "t", "o"))
+    probe = ("import argparse, sys; from customize import cli; p = argparse.ArgumentParser(); "
+             "cli.add_parsers(p.add_subparsers()); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", probe], check=True)

@@ -400,3 +400,20 @@ def test_resume_of_a_complete_download_fetches_nothing(http_run, web, capsys):
     assert _download(http_run["subset"], "--out", http_run["out"], "--resume", *FAST) == 0
     assert web.requests[mark:] == []
     assert json.loads((http_run["out"] / DOWNLOAD_MANIFEST).read_text())["summary"]["downloaded"] == 6
+
+
+def test_cli_defaults_are_download_options_defaults():
+    """`react download` reads every img2dataset default from DownloadOptions (one definition each)."""
+    import argparse
+    from dataclasses import fields
+
+    from download import cli
+    from download.options import DownloadOptions
+
+    parser = argparse.ArgumentParser()
+    cli.add_parsers(parser.add_subparsers())
+    args = parser.parse_args(["download", "subset.parquet", "--out", "shards"])
+    flag = {"resize_only_if_bigger": not args.upscale, "encode_quality": args.quality,
+            "disallowed_header_directives": tuple(args.opt_out_directives)}
+    given = {f.name: flag.get(f.name, getattr(args, f.name, None)) for f in fields(DownloadOptions)}
+    assert DownloadOptions(**given) == DownloadOptions()

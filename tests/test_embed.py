@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from index.embed import check_embeddings, embed_corpus, load_source
+from index.embed import check_embeddings, embed_corpus
+from index.embed_images import load_source
 from index.readers import read_corpus
 from react.errors import ReactError
 from react.schemas import img_emb_path, metadata_path, text_emb_path

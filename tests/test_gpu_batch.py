@@ -248,7 +248,8 @@ def test_embed_batched_decoder_and_background_writer(tiny_model, tmp_path):
     gives the rows of a part-by-part reference; the batched (cpu) decoder gives
     the same rows within the resize tolerance (fp16 output); a corrupt image is
     still an error naming it (an embedding row cannot be skipped: rows align)."""
-    from index.embed import check_embeddings, embed_corpus, load_source
+    from index.embed import check_embeddings, embed_corpus
+    from index.embed_images import load_source
     from index.readers import read_corpus
     from react.schemas import img_emb_path
 

@@ -280,3 +280,24 @@ def test_row_metadata_take_across_parts_matches_a_plain_take(tmp_path):
     assert meta.take(np.array([], dtype=np.int64), ["key"]).num_rows == 0
     with pytest.raises(ReactError):
         meta.take(np.array([17]))
+
+
+def test_cli_defaults_are_the_functions_defaults():
+    """`react embed` / `react index build|tune|eval` read their defaults where the functions do (index.defaults)."""
+    import argparse
+    import inspect
+
+    from index import cli
+    from index.build import build_index
+    from index.embed import embed_corpus
+    from index.evaluate import evaluate_index, retune_index
+
+    parser = argparse.ArgumentParser()
+    cli.add_parsers(parser.add_subparsers())
+    for argv, fn in ((["embed", "c", "--model", "m", "--out", "o"], embed_corpus),
+                     (["index", "build", "e", "--out", "o"], build_index),
+                     (["index", "tune", "i"], retune_index), (["index", "eval", "i"], evaluate_index)):
+        args = vars(parser.parse_args(argv))
+        for name, param in inspect.signature(fn).parameters.items():
+            if name in args and param.default is not inspect.Parameter.empty:
+                assert args[name] == param.default, (argv[:2], name)
