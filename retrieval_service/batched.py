@@ -1,4 +1,4 @@
-"""``/v1/search`` with cross-request batching, and the middleware that announces single queries.
+"""``/v1/search``'s query with cross-request batching.
 
 The fast path skips the threadpool: the handler validates on the event loop
 (microseconds: a few checks and one 512-float array), hands the text to the
@@ -9,38 +9,23 @@ mapped file), so no blocking work runs on the event loop. Measured on the
 2-core machine (README, retrieval service): each thread hop is a GIL hand-off,
 and with the threadpool hop gone a request costs one hand-off each way.
 
-:class:`Announce` tells the batchers about a single-query request when it
-enters the service, before its body is read, so a worker about to run a batch
-waits (at most ``batch_wait_ms``) for requests that are already on their way.
+The HTTP layer's ``Announce`` middleware (``retrieval_service.http.middleware``)
+tells the batchers about a single-query request when it enters the service,
+before its body is read, so a worker about to run a batch waits (at most
+``batch_wait_ms``) for requests that are already on their way.
 """
 from __future__ import annotations
 
 import asyncio
 
+import anyio.to_thread
 import numpy as np
-from fastapi.concurrency import run_in_threadpool
 
 from retrieval_service.batcher import Batchers, BatchFn, encode_batch
 from retrieval_service.config import ServiceConfig
 from retrieval_service.metrics import Metrics
 from retrieval_service.queries import check_k, check_modality, check_text, embed_vector, hits_of
 from retrieval_service.registry import LoadedIndex
-
-BATCHED_PATHS = frozenset({"/v1/search", "/knn-service"})  # JSON single-query endpoints (not uploads)
-
-
-class Announce:
-    """Pure ASGI: POSTs to the single-query endpoints announce themselves to the batchers."""
-
-    def __init__(self, app, batchers: Batchers) -> None:
-        self.app, self.batchers = app, batchers
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in BATCHED_PATHS:
-            return await self.app(scope, receive, send)
-        with self.batchers.expect():
-            await self.app(scope, receive, send)
-
 
 def hits_batch(idx: LoadedIndex, k: int, modality: str, query_modality: str, metrics: Metrics) -> BatchFn:
     """A batch function: one search for all queued queries, then each one's hits with metadata.
@@ -77,7 +62,7 @@ async def search(idx: LoadedIndex, text: str | None, embedding: list[float] | No
     check_modality(idx, modality)
     if text is None and batchers.search.idle():
         batchers.release_encode()
-        return await run_in_threadpool(direct, idx, embedding, k, modality, metrics)
+        return await anyio.to_thread.run_sync(direct, idx, embedding, k, modality, metrics)  # the threadpool
     if text is not None:
         model = idx.require_model()
         fn = encode_batch(lambda batch: model.encode_texts(batch).numpy())

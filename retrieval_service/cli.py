@@ -1,11 +1,29 @@
-"""``react serve`` and ``react retrieve``."""
+"""``react serve`` and ``react retrieve``: the stage's command-line door.
+
+Every default an option shows is read from where it is defined --
+``ServiceConfig``'s fields (``react serve``), ``TaskSpec``'s fields and
+``spec.DEFAULT_DEDUP_THRESHOLD`` (``react retrieve``) -- never repeated here.
+Only light modules are imported while the parser is built; the work is
+imported when a command runs.
+"""
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
+
+from retrieval_service.config import config_default
+from retrieval_service.spec import DEFAULT_DEDUP_THRESHOLD, MODES, TaskSpec
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add_serve(sub)
+    _add_retrieve(sub)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    limits = config_default("limits")
+    image_mb = config_default("max_image_bytes") / (1 << 20)
     serve = sub.add_parser(
         "serve", help="serve index folders over HTTP (task retrieval, search, clip-retrieval compatible)",
         description="Hold one or more index folders and their CLIP models in memory and answer task retrieval "
@@ -14,35 +32,48 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "re-opens an index without dropping requests.")
     serve.add_argument("--index", action="append", required=True, metavar="[NAME=]INDEX_DIR",
                        help="an index folder, optionally named (default name: the folder's name); repeatable")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
     serve.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
                        help="require one of these keys (one a line) on every endpoint but /healthz and /readyz, "
                             "as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
-    serve.add_argument("--state-dir", type=Path, default=Path("out/service"),
-                       help="where jobs and their results are kept until deleted (default: out/service)")
+    serve.add_argument("--state-dir", type=Path, default=config_default("state_dir"),
+                       help="where jobs and their results are kept until deleted (default: %(default)s)")
     serve.add_argument("--model", action="append", default=[], metavar="NAME=MODEL",
                        help="load this model for index NAME instead of the one its index.json records")
-    serve.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    serve.add_argument("--max-k", type=int, default=1000, help="largest k per query (default: 1000)")
-    serve.add_argument("--max-classes", type=int, default=10_000, help="most classes per task (default: 10000)")
-    serve.add_argument("--max-templates", type=int, default=200, help="most templates per task (default: 200)")
+    serve.add_argument("--device", default=config_default("device"),
+                       help="torch device (default: cuda if available, else cpu)")
+    serve.add_argument("--max-k", type=int, default=config_default("max_search_k"),
+                       help="largest k per query (default: %(default)s)")
+    serve.add_argument("--max-classes", type=int, default=limits.max_classes,
+                       help="most classes per task (default: %(default)s)")
+    serve.add_argument("--max-templates", type=int, default=limits.max_templates,
+                       help="most templates per task (default: %(default)s)")
     serve.add_argument("--allow-image-url", action="store_true",
                        help="let /knn-service fetch image_url (size-limited, with --image-url-timeout)")
-    serve.add_argument("--image-url-timeout", type=float, default=5.0, metavar="S", help="(default: 5 s)")
-    serve.add_argument("--max-image-mb", type=float, default=8.0, help="largest query image (default: 8 MB)")
-    serve.add_argument("--job-workers", type=int, default=1, help="tasks run at once (default: 1)")
+    serve.add_argument("--image-url-timeout", type=float, default=config_default("image_url_timeout_s"), metavar="S",
+                       help=f"(default: {config_default('image_url_timeout_s'):g} s)")
+    serve.add_argument("--max-image-mb", type=float, default=image_mb,
+                       help=f"largest query image (default: {image_mb:g} MB)")
+    serve.add_argument("--job-workers", type=int, default=config_default("job_workers"),
+                       help="tasks run at once (default: %(default)s)")
     serve.add_argument("--no-batching", dest="batching", action="store_false",
                        help="search (and encode) each single query on its own thread instead of batching "
                             "concurrent requests' queries into one call")
-    serve.add_argument("--batch-wait-ms", type=float, default=1.0, metavar="MS",
-                       help="longest a batch waits for requests already in the service to join it (default: 1)")
-    serve.add_argument("--batch-max", type=int, default=64, metavar="N", help="most queries per batch (default: 64)")
-    serve.add_argument("--batch-threads", type=int, default=1, metavar="N",
-                       help="threads faiss and torch use inside one batched call (default: 1; 0: their defaults)")
+    serve.add_argument("--batch-wait-ms", type=float, default=config_default("batch_wait_ms"), metavar="MS",
+                       help="longest a batch waits for requests already in the service to join it "
+                            f"(default: {config_default('batch_wait_ms'):g})")
+    serve.add_argument("--batch-max", type=int, default=config_default("batch_max"), metavar="N",
+                       help="most queries per batch (default: %(default)s)")
+    serve.add_argument("--batch-threads", type=int, default=config_default("batch_threads"), metavar="N",
+                       help="threads faiss and torch use inside one batched call (default: %(default)s; "
+                            "0: their defaults)")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     serve.set_defaults(func=_serve)
 
+
+def _add_retrieve(sub: argparse._SubParsersAction) -> None:
+    task = {f.name: f.default for f in fields(TaskSpec)}
     ret = sub.add_parser(
         "retrieve", help="retrieve the image-text subset for a task's class names",
         description="For every class and template, search the corpus with the query template.format(class), "
@@ -57,13 +88,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ret.add_argument("--classes", type=Path, required=True, metavar="FILE", help="class names, one a line")
     ret.add_argument("--templates", default=None, metavar="NAME|FILE",
                      help="imagenet (CLIP's 80, default), simple, classname, or a file with one {} template a line")
-    ret.add_argument("--k", type=int, default=50, help="results per query (default: 50)")
-    ret.add_argument("--mode", default="t2i", choices=("t2i", "t2t", "both"),
-                     help="text-to-image, text-to-text, or both (default: t2i)")
+    ret.add_argument("--k", type=int, default=task["k"], help="results per query (default: %(default)s)")
+    ret.add_argument("--mode", default=task["mode"], choices=MODES,
+                     help="text-to-image, text-to-text, or both (default: %(default)s)")
     ret.add_argument("--out", type=Path, required=True, metavar="SUBSET.parquet", help="where to write the subset")
     ret.add_argument("--threshold", type=float, default=None, help="drop hits below this cosine similarity")
-    ret.add_argument("--dedup-threshold", type=float, default=0.94,
-                     help="collapse retrieved images whose embeddings are at least this similar (default: 0.94)")
+    ret.add_argument("--dedup-threshold", type=float, default=DEFAULT_DEDUP_THRESHOLD,
+                     help="collapse retrieved images whose embeddings are at least this similar (default: %(default)s)")
     ret.add_argument("--no-dedup", action="store_true", help="keep near-duplicate images")
     ret.add_argument("--no-queries", action="store_true", help="leave out the queries column (smaller file)")
     ret.add_argument("--index-name", default=None, help="with --server: which served index (default: the first)")

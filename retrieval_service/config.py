@@ -1,12 +1,16 @@
-"""What an operator sets when starting ``react serve``; one object the app reads."""
+"""What an operator sets when starting ``react serve``; one object the app reads.
+
+``ServiceConfig``'s field defaults are the one definition of the service's
+defaults: ``react serve``'s options read them (``config_default``). Light on
+purpose, like ``spec``: the command line imports it."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from react.errors import ReactError
-from retrieval_service.task import Limits
+from retrieval_service.spec import Limits
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -39,6 +43,12 @@ class ServiceConfig:
     @property
     def default_index(self) -> str:
         return next(iter(self.indices))
+
+
+def config_default(name: str):
+    """The default of ServiceConfig field ``name`` (``limits``: a fresh ``Limits()``)."""
+    found = {f.name: f for f in fields(ServiceConfig)}[name]
+    return found.default_factory() if found.default is MISSING else found.default
 
 
 def parse_index_args(values: list[str]) -> dict[str, Path]:

@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from retrieval_service.merge import Merged
+from retrieval_service.spec import DEFAULT_MARGIN
 
 TOP_N = 10
 SPREAD_FACTOR = 3.0
-DEFAULT_MARGIN = 0.05
 LOW_COVERAGE_RULE = (f"coverage = mean similarity of a class's {TOP_N} best unique pairs; flagged when it lies more "
                      f"than max({SPREAD_FACTOR:g} x 1.4826 x MAD, margin) below the task median, or the class "
                      "retrieved nothing")

@@ -3,7 +3,7 @@
 The web repeats images: the same photo under several captions, resized or
 re-encoded. Training on ten copies of one image is training on one image
 with ten times the weight, so the retrieved pairs whose *image* embeddings
-have cosine similarity >= ``DEFAULT_DEDUP_THRESHOLD`` (0.94, clip-retrieval's
+have cosine similarity >= ``spec.DEFAULT_DEDUP_THRESHOLD`` (0.94, clip-retrieval's
 ``deduplicate`` threshold) are grouped (transitively: connected components of
 that relation) and collapsed into the group's best-scoring pair, which keeps
 the union of their classes and queries.
@@ -30,7 +30,6 @@ import numpy as np
 
 from index.vectors import MIN_NORM
 
-DEFAULT_DEDUP_THRESHOLD = 0.94
 SMALL = 20_000  # rows up to which the exact all-pairs comparison is cheaper than clustering them
 PROBES = 3  # cells each retrieved vector is compared in
 CHUNK = 65_536  # vectors read at a time

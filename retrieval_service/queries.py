@@ -1,5 +1,7 @@
 """Single queries: text, image or embedding in; top-k with metadata out.
 
+    answer = search_one(idx, cfg, metrics, k=10, modality="image", text="a photo of a cat")
+
 Shared by ``/v1/search`` and clip-retrieval's ``/knn-service``. Everything
 here is blocking (torch, faiss, Arrow) and runs in the threadpool, never on
 the event loop."""
@@ -72,6 +74,22 @@ def knn(idx: LoadedIndex, vec: np.ndarray, k: int, modality: str, query_modality
     return hits_of(idx, scores[0], rows[0], k, metrics, deduplicate)
 
 
+def search_one(idx: LoadedIndex, cfg: ServiceConfig, metrics: Metrics, k: int, modality: str,
+               text: str | None = None, raw: bytes | None = None, embedding: list[float] | None = None) -> dict:
+    """One query -- a ``text``, an image's ``raw`` bytes or an ``embedding`` (the first given) -- searched
+    on its own: ``/v1/search``'s answer (index, modality, query kind, k, results)."""
+    check_k(k, cfg)
+    check_modality(idx, modality)
+    if text is not None:
+        vec, kind = embed_text(idx, check_text(text, cfg), metrics), "text"
+    elif raw is not None:
+        vec, kind = embed_image(idx, raw, cfg, metrics), "image"
+    else:
+        vec, kind = embed_vector(idx, embedding), "embedding"
+    hits, _ = knn(idx, vec, k, modality, "text" if kind == "text" else "image", metrics)
+    return {"index": idx.name, "modality": modality, "query": kind, "k": k, "results": hits}
+
+
 def hits_of(idx: LoadedIndex, scores: np.ndarray, rows: np.ndarray, k: int, metrics: Metrics,
             deduplicate: bool = False) -> tuple[list[dict], str | None]:
     """One query's search answer (``scores``, ``rows``: [n]) -> its top-``k`` hits with metadata."""
@@ -100,8 +118,8 @@ def hits_of(idx: LoadedIndex, scores: np.ndarray, rows: np.ndarray, k: int, metr
 
 def _unique_images(idx: LoadedIndex, rows: np.ndarray) -> np.ndarray | None:
     """Positions to keep: the first (best) of every group of near-duplicate images."""
-    from retrieval_service.dedup import DEFAULT_DEDUP_THRESHOLD
     from retrieval_service.merge import connected_components
+    from retrieval_service.spec import DEFAULT_DEDUP_THRESHOLD
 
     fetched = idx.retriever.dups._vectors(rows)
     if fetched is None:

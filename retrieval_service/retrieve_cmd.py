@@ -48,7 +48,8 @@ def retrieve(args: argparse.Namespace) -> int:
 
 def _in_process(args, classes, templates, dedup) -> dict:
     from index.searcher import Searcher
-    from retrieval_service.task import TaskRetriever, load_index_model, validate_spec, write_subset
+    from retrieval_service.spec import validate_spec
+    from retrieval_service.task import TaskRetriever, load_index_model, write_subset
 
     spec = validate_spec(classes, templates, args.k, args.mode, args.threshold, dedup,
                          include_queries=not args.no_queries)

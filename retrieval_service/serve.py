@@ -8,7 +8,7 @@ import socket
 from react.errors import ReactError
 from react.progress import console
 from retrieval_service.config import ServiceConfig, parse_index_args, read_api_keys
-from retrieval_service.task import Limits
+from retrieval_service.spec import Limits
 
 
 def build_config(args: argparse.Namespace) -> ServiceConfig:
@@ -56,7 +56,7 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from retrieval_service.app import create_app
+    from retrieval_service.http.app import create_app
 
     cfg = build_config(args)
     if not 0 <= args.port < 65536:

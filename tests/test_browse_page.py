@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from retrieval_service.app import create_app
 from retrieval_service.config import ServiceConfig
+from retrieval_service.http.app import create_app
 from service_fixtures import CLASSES, LiveServer, build_task_index
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -251,7 +251,7 @@ def test_webdataset_members_are_read_inside_their_shard(tmp_path):
     """img2dataset shards: image_path is ``shard.tar:member``; the shard must lie in the shard folder."""
     import tarfile
 
-    from retrieval_service.browse import _tar_member
+    from retrieval_service.corpus_images import tar_member
     from retrieval_service.errors import ServiceError
 
     data = _picture((10, 200, 10), 1)
@@ -262,9 +262,9 @@ def test_webdataset_members_are_read_inside_their_shard(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     (tmp_path / "00000.tar").rename(shards / "00000.tar")
-    assert _tar_member(shards.resolve(), "00000.tar:000000001.jpg") == data
+    assert tar_member(shards.resolve(), "00000.tar:000000001.jpg") == data
     for ref, status in (("../00000.tar:000000001.jpg", 403), ("00000.tar:nope.jpg", 404), ("00000.tar", 404),
                         ("00001.tar:000000001.jpg", 404)):
         with pytest.raises(ServiceError) as err:
-            _tar_member(shards.resolve(), ref)
+            tar_member(shards.resolve(), ref)
         assert err.value.status == status, ref

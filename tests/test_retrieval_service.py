@@ -17,11 +17,12 @@ from PIL import Image
 from react.cli import run
 from react.errors import ReactError
 from react.schemas import SUBSET_SCHEMA
-from retrieval_service.app import create_app
 from retrieval_service.config import ServiceConfig
 from retrieval_service.coverage import ClassStats, flag_low_coverage
+from retrieval_service.http.app import create_app
 from retrieval_service.merge import Hits, connected_components, merge
-from retrieval_service.task import Limits, TaskRetriever, load_index_model, read_subset_report, validate_spec
+from retrieval_service.spec import Limits, validate_spec
+from retrieval_service.task import TaskRetriever, load_index_model, read_subset_report
 from service_fixtures import CLASSES, TEMPLATES, LiveServer, build_task_index
 
 
@@ -488,3 +489,6 @@ def test_odd_option_names_and_undeclared_methods(server):
     assert '""' in r.json()[0]["warning"]
     r = httpx.request("TRACE", server.url + "/v1/jobs/" + "0" * 32)
     assert r.status_code == 405 and set(r.headers["allow"].split(", ")) >= {"GET", "DELETE"}
+    # Routes the app includes from a router (FastAPI keeps it as one entry) name theirs too (was empty).
+    r = httpx.post(server.url + "/v1/indices/tiny/images")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"

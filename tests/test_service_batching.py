@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from retrieval_service.app import create_app
 from retrieval_service.batcher import Batchers, MicroBatcher
 from retrieval_service.config import ServiceConfig
+from retrieval_service.http.app import create_app
 from retrieval_service.metrics import Metrics
 from service_fixtures import CLASSES, TEMPLATES, LiveServer, build_task_index
 

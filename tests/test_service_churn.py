@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from retrieval_service.app import create_app
 from retrieval_service.config import ServiceConfig
+from retrieval_service.http.app import create_app
 from service_fixtures import CLASSES, LiveServer, build_task_index
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -2,7 +2,7 @@
 
 Unknown fields are refused (a typo in an option must not be silently
 ignored); the clip-retrieval compatibility endpoint has its own, lenient
-model in ``compat.py``. The request models state every limit the service
+model in ``compat_models.py``. The request models state every limit the service
 enforces -- ranges, lengths, "exactly one of", the operator's configured
 maxima (``request_models(cfg)`` builds them per service) -- so the OpenAPI
 schema is the contract: a request it allows is answered 2xx unless the index
@@ -10,14 +10,13 @@ or an image's content says otherwise, and one it forbids gets a 422 naming the
 field (tests/test_api_fuzz.py holds the service to that with schemathesis)."""
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator, model_validator
 
-from retrieval_service.dedup import DEFAULT_DEDUP_THRESHOLD
-from retrieval_service.task import Limits
+from retrieval_service.config import config_default
+from retrieval_service.spec import DEFAULT_DEDUP_THRESHOLD, Limits
 
 # At least one character that is not whitespace as str.strip() sees it: the characters listed are exactly
 # those for which str.isspace() is true. Not \S: regex engines disagree on U+001C..U+001F (the fuzzer's
@@ -101,8 +100,9 @@ def embedding_field(dim: Optional[int], description: str, **kw):
             Field(None, min_length=dim or 1, max_length=dim, description=description, json_schema_extra=extra, **kw))
 
 
-def request_models(max_search_k: int = 1000, limits: Limits = Limits(), dim: Optional[int] = None,
-                   template_sets: Optional[dict[str, int]] = None, default_set: str = "imagenet") -> SimpleNamespace:
+def request_models(max_search_k: int = config_default("max_search_k"), limits: Limits = Limits(),
+                   dim: Optional[int] = None, template_sets: Optional[dict[str, int]] = None,
+                   default_set: str = "imagenet") -> SimpleNamespace:
     """The request models with this service's limits: ``max_search_k`` (k of one search), ``limits``
     (task retrieval and text length), ``dim`` (every index's dimension, None when they differ),
     ``template_sets`` (name -> number of templates; default: react.templates' sets)."""

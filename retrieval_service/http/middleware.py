@@ -1,5 +1,9 @@
-"""One ASGI middleware in front of every route: API keys, body size, metrics.
+"""The ASGI middleware in front of every route.
 
+- :class:`Guard`: API keys, body size, request metrics.
+- :class:`Announce`: tells the query batchers a single query is on its way.
+
+(The compat and browse modules add their own: ``JsonBodies``, ``PublicPage``.)
 Pure ASGI (not ``BaseHTTPMiddleware``), so streamed downloads pass through
 untouched and a body over the limit is refused while it arrives -- with or
 without a Content-Length -- instead of after it has been buffered."""
@@ -11,9 +15,11 @@ import time
 
 from starlette.exceptions import HTTPException
 
+from retrieval_service.batcher import Batchers
 from retrieval_service.metrics import Metrics
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # health is never behind a key
+BATCHED_PATHS = frozenset({"/v1/search", "/knn-service"})  # JSON single-query endpoints (not uploads)
 
 
 class BodyTooLarge(HTTPException):
@@ -89,3 +95,18 @@ class Guard:
             endpoint = getattr(route, "path", None) or ("unmatched" if code == 404 else "other")
             self.metrics.requests.labels(endpoint, scope.get("method", ""), str(code)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+class Announce:
+    """POSTs to the single-query endpoints announce themselves to the batchers when they enter the
+    service, before their body is read, so a worker about to run a batch waits (at most
+    ``batch_wait_ms``) for requests already on their way (``retrieval_service.batched``)."""
+
+    def __init__(self, app, batchers: Batchers) -> None:
+        self.app, self.batchers = app, batchers
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in BATCHED_PATHS:
+            return await self.app(scope, receive, send)
+        with self.batchers.expect():
+            await self.app(scope, receive, send)

@@ -1,0 +1,113 @@
+"""What a task is: class names, templates, k, mode and thresholds, checked against limits.
+
+    spec = validate_spec(["cat", "dog"], "imagenet", k=50, mode="t2i")
+
+The one definition of a task's defaults (``TaskSpec``'s fields, ``Limits``,
+``DEFAULT_DEDUP_THRESHOLD``, ``DEFAULT_MARGIN``): ``react retrieve``, ``react
+serve`` and the HTTP request models all read them from here. Light on
+purpose -- no numpy, faiss or Arrow -- so the command line can import it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from react.errors import ReactError
+
+MODES = ("t2i", "t2t", "both")
+MODE_INDEX = {"t2i": ("image",), "t2t": ("text",), "both": ("image", "text")}
+# Retrieved images whose embeddings have at least this cosine similarity are collapsed (retrieval_service.dedup;
+# clip-retrieval's ``deduplicate`` threshold).
+DEFAULT_DEDUP_THRESHOLD = 0.94
+DEFAULT_MARGIN = 0.05  # the low-coverage rule's margin, in cosine (retrieval_service.coverage)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one task may ask for; the service and the CLI enforce the same numbers."""
+
+    max_classes: int = 10_000
+    max_templates: int = 200
+    max_queries: int = 1_000_000
+    max_k: int = 1000
+    max_text_chars: int = 500
+
+
+@dataclass
+class TaskSpec:
+    classes: list[str]
+    templates: list[str]
+    k: int = 50
+    mode: str = "t2i"
+    threshold: float | None = None          # drop hits below this cosine similarity
+    dedup_threshold: float | None = DEFAULT_DEDUP_THRESHOLD  # None: keep near-duplicate images
+    coverage_margin: float = DEFAULT_MARGIN
+    include_queries: bool = True            # the `queries` column (large for big tasks)
+    chunk: int = 2048                       # queries encoded and searched per step
+    batch_size: int = 256                   # texts per encoder batch
+    warnings: list[str] = field(default_factory=list)  # raised while validating (e.g. merged duplicates)
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.classes) * len(self.templates)
+
+    def queries(self) -> list[str]:
+        return [t.format(c) for c in self.classes for t in self.templates]
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out.pop("warnings")
+        return out
+
+
+def validate_spec(classes: Sequence, templates: Sequence | None, k: int, mode: str, threshold: float | None = None,
+                  dedup_threshold: float | None = DEFAULT_DEDUP_THRESHOLD, limits: Limits = Limits(),
+                  **extra) -> TaskSpec:
+    """A checked :class:`TaskSpec`; ReactError naming the first bad field.
+
+    Class names are stripped; exact repeats are merged (ImageNet's list has
+    two "crane"s) with a warning, since a row cannot carry one name twice."""
+    from react.templates import get_templates, normalize_templates
+
+    if not isinstance(classes, (list, tuple)) or not classes:
+        raise ReactError("classes: need a non-empty list of class names")
+    if len(classes) > limits.max_classes:
+        raise ReactError(f"classes: {len(classes)} given, at most {limits.max_classes} allowed")
+    names: list[str] = []
+    warnings: list[str] = []
+    seen: set[str] = set()
+    for i, c in enumerate(classes):
+        if not isinstance(c, str) or not c.strip():
+            raise ReactError(f"classes[{i}]: empty or not a string")
+        c = " ".join(c.split())
+        if len(c) > limits.max_text_chars:
+            raise ReactError(f"classes[{i}]: {len(c)} characters, at most {limits.max_text_chars} allowed")
+        if c in seen:
+            warnings.append(f"class {c!r} given twice; merged")
+            continue
+        seen.add(c)
+        names.append(c)
+    if templates is None or isinstance(templates, str):
+        tmpl = get_templates(templates)
+    else:
+        if not templates:
+            raise ReactError("templates: empty list")
+        if any(not isinstance(t, str) for t in templates):
+            raise ReactError("templates: every template must be a string")
+        tmpl = normalize_templates(list(templates))
+    if len(tmpl) > limits.max_templates:
+        raise ReactError(f"templates: {len(tmpl)} given, at most {limits.max_templates} allowed")
+    if any(len(t) > limits.max_text_chars for t in tmpl):
+        raise ReactError(f"templates: a template is longer than {limits.max_text_chars} characters")
+    if len(names) * len(tmpl) > limits.max_queries:
+        raise ReactError(f"{len(names)} classes x {len(tmpl)} templates = {len(names) * len(tmpl)} queries, "
+                         f"at most {limits.max_queries} allowed")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
+        raise ReactError(f"k must be an integer in [1, {limits.max_k}], got {k!r}")
+    if mode not in MODES:
+        raise ReactError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
+        raise ReactError(f"threshold must lie in [-1, 1], got {threshold}")
+    if dedup_threshold is not None and not 0.0 < float(dedup_threshold) <= 1.0:
+        raise ReactError(f"dedup_threshold must lie in (0, 1], got {dedup_threshold}")
+    return TaskSpec(names, tmpl, k, mode, threshold, dedup_threshold, warnings=warnings, **extra)
