@@ -19,7 +19,7 @@ arithmetic and the JPEG decoder's IDCT (measured in tests/test_gpu_batch.py).
 
 Decoders: ``gpu`` (nvjpeg, CUDA only), ``cpu`` (libjpeg-turbo via torchvision
 in the workers), ``pil`` (today's per-sample PIL loader), ``auto`` (``gpu``
-on a CUDA device, else ``pil``: it is the faster one on CPU, see README).
+on a CUDA device, else ``pil``: it is the faster one on CPU, see docs/customize.md, "The data path on a GPU").
 Members that are not JPEG, or that the JPEG decoder refuses, go through PIL
 (``react.images.load_rgb``: RGB, transparency over white); what PIL refuses
 too is reported as unreadable (the caller counts and names it).
