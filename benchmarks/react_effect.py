@@ -35,7 +35,7 @@ def main() -> None:
 
     import torch
 
-    from downstream.data.classification import build_classification_dataset
+    from react.datasets import build_classification_dataset
     from downstream.tasks.metrics import mean_per_class_recall
     from react.cli import run
     from react.models import load_model

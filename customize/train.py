@@ -117,7 +117,7 @@ def train(c: TrainConfig) -> dict[str, Any]:
     visual_tower, compiled = maybe_compile(c, model, accelerator)
     eval_set = None
     if c.eval_dataset:
-        from downstream.data.classification import build_classification_dataset
+        from react.datasets import build_classification_dataset
 
         eval_set = build_classification_dataset(c.eval_dataset)
 

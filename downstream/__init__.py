@@ -26,8 +26,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY = {
-    "build_classification_dataset": "downstream.data.classification",
-    "open_splits": "downstream.data.classification",
+    "build_classification_dataset": "react.datasets",
+    "open_splits": "react.datasets",
     "build_captioned_dataset": "downstream.data.captioned",
     "build_segmentation_dataset": "downstream.data.segmentation",
     "ensure_scenes": "downstream.data.scenes",
@@ -45,7 +45,7 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
     from downstream.data.captioned import build_captioned_dataset
-    from downstream.data.classification import build_classification_dataset, open_splits
+    from react.datasets import build_classification_dataset, open_splits
     from downstream.data.scenes import ensure_scenes
     from downstream.data.segmentation import build_segmentation_dataset
     from downstream.report.build import write_report

@@ -7,10 +7,10 @@ only: ``react --help`` imports this module and must not pull in torch.
 """
 from __future__ import annotations
 
+from react.config import DEFAULT_SPLIT, DEFAULT_TRAIN_SPLIT  # noqa: F401  (defined with the dataset contract)
+
 # Every task
 DEFAULT_BATCH_SIZE = 64          # images per forward pass
-DEFAULT_SPLIT = "test"           # the split evaluated
-DEFAULT_TRAIN_SPLIT = "train"    # linear-probe: the split the classifier is trained on
 
 # linear-probe
 DEFAULT_SHOTS = (5, 20, 50)      # few-shot sizes, images per class

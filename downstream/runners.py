@@ -80,7 +80,7 @@ def _save(result: dict, out: str | None) -> None:
 # --- zeroshot -----------------------------------------------------------------------
 
 def run_zeroshot(args: argparse.Namespace) -> int:
-    from downstream.data.classification import build_classification_dataset
+    from react.datasets import build_classification_dataset
     from downstream.tables import print_classification_table
     from downstream.tasks.zeroshot import evaluate_zeroshot
     from react.models import load_model
@@ -124,7 +124,7 @@ def check_shots(shots: Sequence[int]) -> list[int]:
 
 
 def run_linear_probe(args: argparse.Namespace) -> int:
-    from downstream.data.classification import open_splits
+    from react.datasets import open_splits
     from downstream.tables import print_linear_probe_table
     from downstream.tasks.linear_probe import evaluate_linear_probe
     from react.models import load_model

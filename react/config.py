@@ -31,3 +31,7 @@ def apply_offline_defaults() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+# Classification datasets (react.datasets): the split evaluated, and the split a linear probe trains on.
+DEFAULT_SPLIT = "test"
+DEFAULT_TRAIN_SPLIT = "train"

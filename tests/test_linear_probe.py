@@ -255,7 +255,7 @@ def test_cli_linear_probe_writes_result(form, tiny_model_dir, tmp_path, capsys):
 
 
 def test_flat_imagefolder_is_halved_not_leaked(tmp_path):
-    from downstream.data.classification import open_splits
+    from react.datasets import open_splits
 
     flat = tmp_path / "flat"
     for c, name in enumerate(NAMES):

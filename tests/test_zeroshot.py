@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from downstream.tasks import metrics
-from downstream.data.classification import build_classification_dataset
+from react.datasets import build_classification_dataset
 from react.templates import IMAGENET_TEMPLATES, get_templates
 from react.errors import ReactError
 from react.schemas import CLASSES_FILE, RESULT_KEYS

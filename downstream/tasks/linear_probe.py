@@ -36,7 +36,7 @@ from downstream.tasks.metrics import mean_per_class_recall, per_class_recall, to
 from react.errors import ReactError
 
 if TYPE_CHECKING:
-    from downstream.data.classification import ClassificationDataset
+    from react.datasets import ClassificationDataset
     from react.models import LoadedModel
 
 COARSE_LOG10 = tuple(range(-6, 7, 2))  # 1e-6 .. 1e6
@@ -290,7 +290,7 @@ def evaluate_linear_probe(model: LoadedModel, train_set: ClassificationDataset,
                           text_init: bool = False, templates: str | None = None,
                           batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int = 0) -> dict:
     """The linear-probe result dict of the ``react eval`` contract for ``model``
-    (datasets from ``downstream.data.classification.open_splits``; ``test_set``
+    (datasets from ``react.datasets.open_splits``; ``test_set``
     None halves ``train_set``)."""
     import time
 

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from downstream.data.classification import ClassificationDataset
+from react.datasets import ClassificationDataset
 from downstream.defaults import DEFAULT_BATCH_SIZE
 from downstream.tasks.metrics import mean_per_class_recall, per_class_recall, topk_accuracy
 from react.templates import DEFAULT_TEMPLATES, describe_templates, get_templates

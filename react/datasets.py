@@ -23,7 +23,7 @@ from typing import Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
-from downstream.defaults import DEFAULT_SPLIT, DEFAULT_TRAIN_SPLIT
+from react.config import DEFAULT_SPLIT, DEFAULT_TRAIN_SPLIT
 from react.errors import ReactError
 from react.images import IMAGE_EXTENSIONS, load_rgb
 from react.shards import ShardImage, load_shard_image, scan_tar
