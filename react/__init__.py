@@ -10,6 +10,8 @@ The lowest layer of the project (react < index < retrieval_service < download
 - model loading and saving for every kind of ``MODEL`` -- an open_clip name and
   tag, a model directory, an exported customization, a run directory
   (models.py; ``react.load_model``);
+- the evaluation image-classification datasets in their three on-disk forms
+  (datasets.py), shared by every stage that reads evaluation images;
 - prompt templates (templates.py), image reading and the batched GPU/CPU
   decoder (images.py, batch_decode.py), decoding in DataLoader workers with
   one-line errors (loading.py), configuration and offline defaults
