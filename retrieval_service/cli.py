@@ -9,7 +9,7 @@ imported when a command runs.
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from retrieval_service.config import config_default
@@ -41,6 +41,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        help="where jobs and their results are kept until deleted (default: %(default)s)")
     serve.add_argument("--model", action="append", default=[], metavar="NAME=MODEL",
                        help="load this model for index NAME instead of the one its index.json records")
+    serve.add_argument("--exclude-set", action="append", default=[], metavar="NAME=DATASET",
+                       help="an evaluation dataset (any form `react eval` reads; every split) whose images tasks may "
+                            "exclude by NAME (`exclude` in /v1/retrieve, `react retrieve --exclude NAME`); embedded "
+                            "with each index's model at load and cached; repeatable")
     serve.add_argument("--device", default=config_default("device"),
                        help="torch device (default: cuda if available, else cpu)")
     serve.add_argument("--max-k", type=int, default=config_default("max_search_k"),
@@ -73,7 +77,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_retrieve(sub: argparse._SubParsersAction) -> None:
-    task = {f.name: f.default for f in fields(TaskSpec)}
+    task = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(TaskSpec)
+            if f.default is not MISSING or f.default_factory is not MISSING}
     ret = sub.add_parser(
         "retrieve", help="retrieve the image-text subset for a task's class names",
         description="For every class and template, search the corpus with the query template.format(class), "
@@ -96,6 +101,13 @@ def _add_retrieve(sub: argparse._SubParsersAction) -> None:
     ret.add_argument("--dedup-threshold", type=float, default=DEFAULT_DEDUP_THRESHOLD,
                      help="collapse retrieved images whose embeddings are at least this similar (default: %(default)s)")
     ret.add_argument("--no-dedup", action="store_true", help="keep near-duplicate images")
+    ret.add_argument("--exclude", nargs="+", default=task["exclude"], metavar="DATASET",
+                     help="decontaminate: drop retrieved pairs whose image is within --exclude-threshold of an image "
+                          "of these evaluation datasets (with --index: dataset paths, embedded with the index's model "
+                          "and cached; with --server: the server's --exclude-set names); dropped counts per class")
+    ret.add_argument("--exclude-threshold", type=float, default=task["exclude_threshold"], metavar="COS",
+                     help="cosine similarity at which a retrieved image counts as a copy of an excluded one "
+                          "(default: %(default)s, calibrated on planted copies: docs/service.md)")
     ret.add_argument("--no-queries", action="store_true", help="leave out the queries column (smaller file)")
     ret.add_argument("--index-name", default=None, help="with --server: which served index (default: the first)")
     ret.add_argument("--api-key-file", type=Path, default=None, metavar="FILE", help="with --server: the key to send")

@@ -21,6 +21,8 @@ class ServiceConfig:
     state_dir: Path = Path("out/service")     # jobs and their results live here until deleted
     api_keys: frozenset[str] = frozenset()    # empty: no authentication
     models: dict[str, str] = field(default_factory=dict)  # index name -> model spec overriding index.json
+    # name -> evaluation dataset whose images tasks may exclude (`exclude` in /v1/retrieve; retrieval_service.exclude)
+    exclude_sets: dict[str, Path] = field(default_factory=dict)
     device: str | None = None
     limits: Limits = field(default_factory=Limits)
     max_search_k: int = 1000
@@ -49,6 +51,21 @@ def config_default(name: str):
     """The default of ServiceConfig field ``name`` (``limits``: a fresh ``Limits()``)."""
     found = {f.name: f for f in fields(ServiceConfig)}[name]
     return found.default_factory() if found.default is MISSING else found.default
+
+
+def parse_exclude_sets(values: list[str]) -> dict[str, Path]:
+    """``NAME=DATASET`` options -> ``{name: dataset}``; the dataset must exist."""
+    out: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not set(name) <= NAME_CHARS:
+            raise ReactError(f"--exclude-set {value}: expected NAME=DATASET, NAME of letters, digits, '-', '_', '.'")
+        if name in out:
+            raise ReactError(f"--exclude-set {value}: the name {name!r} is used twice")
+        if not Path(path).expanduser().exists():
+            raise ReactError(f"--exclude-set {value}: dataset not found: {path}")
+        out[name] = Path(path).expanduser()
+    return out
 
 
 def parse_index_args(values: list[str]) -> dict[str, Path]:

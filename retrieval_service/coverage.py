@@ -49,6 +49,7 @@ class ClassStats:
     p90: float | None
     max: float | None
     low_coverage: bool = False
+    excluded: int = 0  # pairs dropped as (near-copies of) evaluation images (retrieval_service.exclude)
 
     def to_json(self) -> dict:
         return asdict(self)

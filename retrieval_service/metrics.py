@@ -11,7 +11,7 @@ from typing import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-STAGES = ("decode", "encode", "search", "metadata", "dedup", "merge")
+STAGES = ("decode", "encode", "search", "metadata", "exclude", "dedup", "merge")
 
 
 class Metrics:

@@ -20,6 +20,7 @@ from react.errors import ReactError
 from retrieval_service.batcher import Batchers, encode_batch, search_batch
 from retrieval_service.errors import ServiceError, not_found
 from retrieval_service.metrics import Metrics
+from retrieval_service.exclude import Exclusion
 from retrieval_service.task import TaskRetriever, load_index_model
 
 log = logging.getLogger("react.serve")
@@ -36,6 +37,8 @@ class LoadedIndex:
     loaded_at: float = field(default_factory=time.time)
     model_error: str | None = None
     batchers: Batchers | None = None  # cross-request batching of single queries (None: each runs alone)
+    exclusions: dict[str, Exclusion] = field(default_factory=dict)  # exclusion set name -> its image embeddings
+    exclusion_errors: dict[str, str] = field(default_factory=dict)  # set name -> why it could not be embedded
 
     @property
     def dim(self) -> int:
@@ -46,6 +49,20 @@ class LoadedIndex:
             raise ServiceError(f"index {self.name!r} has no loadable model ({self.model_error}); "
                                "only embedding queries are possible", 409)
         return self.model
+
+    def exclusion(self, names: list[str]) -> Exclusion | None:
+        """The named exclusion sets, combined; None for none. Unknown or unusable names: ServiceError."""
+        if not names:
+            return None
+        known = sorted(self.exclusions) + sorted(self.exclusion_errors)
+        for n in names:
+            if n in self.exclusion_errors:
+                raise ServiceError(f"exclude: set {n!r} is unavailable on index {self.name!r}: "
+                                   f"{self.exclusion_errors[n]}", 409)
+            if n not in self.exclusions:
+                raise ServiceError(f"exclude: unknown exclusion set {n!r} (this service has: "
+                                   f"{', '.join(known) or 'none; start it with --exclude-set NAME=DATASET'})", 404)
+        return Exclusion.combine([self.exclusions[n] for n in dict.fromkeys(names)])
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         model = self.require_model()
@@ -69,14 +86,17 @@ class LoadedIndex:
                        "recall": e.get("recall"), "qps": e.get("qps")} for name, e in m["indices"].items()}
         return {"name": self.name, "rows": self.searcher.rows, "dim": self.dim, "model": m.get("model"),
                 "model_id": m.get("model_id"), "model_loaded": self.model is not None, "model_error": self.model_error,
+                "exclude_sets": {n: len(e.vectors) for n, e in self.exclusions.items()},
                 "modalities": mods, "generation": self.generation,
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
 
 class IndexRegistry:
     def __init__(self, paths: dict[str, Path], models: dict[str, str] | None = None, device: str | None = None,
-                 metrics: Metrics | None = None, batchers: Batchers | None = None) -> None:
+                 metrics: Metrics | None = None, batchers: Batchers | None = None,
+                 exclude_sets: dict[str, Path] | None = None) -> None:
         self.paths = dict(paths)
+        self.exclude_sets = dict(exclude_sets or {})
         self.models = dict(models or {})
         self.device = device
         self.metrics = metrics or Metrics()
@@ -102,10 +122,29 @@ class IndexRegistry:
             # The index still answers embedding queries; text and image queries say why they cannot.
             model_error = str(exc)
             log.warning("index %s: %s", name, exc)
+        exclusions, exclusion_errors = self._exclusions(name, model, model_error)
         self._generation += 1
         retriever = TaskRetriever(searcher, model, timer=self.metrics.observe_stage)
         return LoadedIndex(name, path, searcher, model, retriever, self._generation, model_error=model_error,
-                           batchers=self.batchers)
+                           batchers=self.batchers, exclusions=exclusions, exclusion_errors=exclusion_errors)
+
+    def _exclusions(self, name: str, model, model_error: str | None) -> tuple[dict, dict]:
+        """Every --exclude-set embedded with this index's model (cached on disk across restarts)."""
+        from react.config import cache_dir
+        from retrieval_service.exclude import embed_dataset
+
+        done, failed = {}, {}
+        for set_name, dataset in self.exclude_sets.items():
+            if model is None:
+                failed[set_name] = f"no model to embed it with ({model_error})"
+                continue
+            try:
+                done[set_name] = embed_dataset(model, dataset, cache=cache_dir() / "exclude")
+                log.info("index %s: exclusion set %s: %d images", name, set_name, len(done[set_name].vectors))
+            except ReactError as exc:
+                failed[set_name] = str(exc)
+                log.warning("index %s: exclusion set %s: %s", name, set_name, exc)
+        return done, failed
 
     def load_all(self) -> None:
         """Open every index (startup, in a background thread: /healthz answers meanwhile).

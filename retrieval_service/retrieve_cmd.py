@@ -52,18 +52,36 @@ def _in_process(args, classes, templates, dedup) -> dict:
     from retrieval_service.task import TaskRetriever, load_index_model, write_subset
 
     spec = validate_spec(classes, templates, args.k, args.mode, args.threshold, dedup,
-                         include_queries=not args.no_queries)
+                         include_queries=not args.no_queries, exclude=[str(p) for p in args.exclude],
+                         exclude_threshold=args.exclude_threshold)
     searcher = Searcher(args.index)
     model = load_index_model(searcher, args.model)
+    exclusion = _embed_exclusions(model, spec.exclude) if spec.exclude else None
     with progress() as bar:
         task = bar.add_task("encoding + searching queries", total=spec.n_queries, unit="query")
 
         def report(stage: str, done: int, total: int) -> None:
             bar.update(task, description=STAGE_LABEL.get(stage, stage), completed=done, total=total)
 
-        result = TaskRetriever(searcher, model).run(spec, report)
+        result = TaskRetriever(searcher, model).run(spec, report, exclusion=exclusion)
     write_subset(result, args.out)
     return result.report()
+
+
+def _embed_exclusions(model, datasets: list[str]):
+    """--exclude DATASET...: each dataset's images embedded with the index's model (cached across runs)."""
+    from react.config import cache_dir
+    from retrieval_service.exclude import Exclusion, embed_dataset
+
+    if model is None:
+        raise ReactError("--exclude needs the index's model to embed the evaluation images")
+    parts = []
+    with progress() as bar:
+        for path in datasets:
+            task = bar.add_task(f"embedding {path} for --exclude", total=None, unit="image")
+            parts.append(embed_dataset(model, path, cache=cache_dir() / "exclude",
+                                       progress=lambda done, total: bar.update(task, completed=done, total=total)))
+    return Exclusion.combine(parts)
 
 
 def _via_server(args, classes, templates, dedup) -> dict:
@@ -73,7 +91,8 @@ def _via_server(args, classes, templates, dedup) -> dict:
     key = next(iter(read_api_keys(args.api_key_file)), None) if args.api_key_file else None
     client = ServiceClient(args.server, key)
     request = {"classes": classes, "templates": templates, "k": args.k, "mode": args.mode, "index": args.index_name,
-               "threshold": args.threshold, "dedup_threshold": dedup, "include_queries": not args.no_queries}
+               "threshold": args.threshold, "dedup_threshold": dedup, "include_queries": not args.no_queries,
+               "exclude": [str(x) for x in args.exclude], "exclude_threshold": args.exclude_threshold}
     job = client.submit(request)
     with progress() as bar:
         task = bar.add_task("queued", total=max(1, job.get("total") or 1), unit="query")
@@ -93,13 +112,20 @@ def print_report(report: dict) -> None:
     summary = report["summary"]
     table = Table(title=f"{summary['classes']} classes x {summary['templates']} templates, k={summary['k']}, "
                         f"{summary['mode']}: {summary['rows']} pairs")
-    for col in ("class", "hits", "uniq", "excl", "cover", "p10", "p50", "p90", "max", "flag"):
+    decontaminated = bool(summary.get("exclude"))
+    for col in ("class", "hits", "uniq", "excl", *(("dropped",) if decontaminated else ()),
+                "cover", "p10", "p50", "p90", "max", "flag"):
         table.add_column(col, justify="left" if col in ("class", "flag") else "right")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for s in report["classes"]:
-        table.add_row(s["name"], str(s["hits"]), str(s["unique"]), str(s["exclusive"]), fmt(s["coverage"]),
-                      fmt(s["p10"]), fmt(s["p50"]), fmt(s["p90"]), fmt(s["max"]),
+        dropped = (str(s.get("excluded", 0)),) if decontaminated else ()
+        table.add_row(s["name"], str(s["hits"]), str(s["unique"]), str(s["exclusive"]), *dropped,
+                      fmt(s["coverage"]), fmt(s["p10"]), fmt(s["p50"]), fmt(s["p90"]), fmt(s["max"]),
                       "[red]LOW[/]" if s["low_coverage"] else "")
     console.print(table)
+    if decontaminated:
+        console.print(f"decontamination: {summary['excluded']} retrieved pairs dropped as copies of "
+                      f"{summary['excluded_images']} images of {', '.join(summary['exclude'])} "
+                      f"(cosine >= {summary['exclude_threshold']})", highlight=False)
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)

@@ -7,7 +7,7 @@ import socket
 
 from react.errors import ReactError
 from react.progress import console
-from retrieval_service.config import ServiceConfig, parse_index_args, read_api_keys
+from retrieval_service.config import ServiceConfig, parse_exclude_sets, parse_index_args, read_api_keys
 from retrieval_service.spec import Limits
 
 
@@ -30,7 +30,7 @@ def build_config(args: argparse.Namespace) -> ServiceConfig:
         raise ReactError("--batch-wait-ms and --batch-threads must be >= 0")
     limits = Limits(max_classes=args.max_classes, max_templates=args.max_templates, max_k=args.max_k)
     return ServiceConfig(indices=indices, state_dir=args.state_dir, api_keys=read_api_keys(args.api_key_file),
-                         models=models, device=args.device, limits=limits, max_search_k=args.max_k,
+                         models=models, exclude_sets=parse_exclude_sets(args.exclude_set), device=args.device, limits=limits, max_search_k=args.max_k,
                          max_image_bytes=int(args.max_image_mb * (1 << 20)), allow_image_url=args.allow_image_url,
                          image_url_timeout_s=args.image_url_timeout, job_workers=args.job_workers,
                          batching=args.batching, batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms,

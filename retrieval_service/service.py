@@ -25,7 +25,8 @@ class RetrievalService:
         self.metrics = Metrics()
         self.batchers = Batchers(cfg.batch_max, cfg.batch_wait_ms / 1000, self.metrics.observe_batch,
                                  cfg.batch_threads) if cfg.batching else None
-        self.registry = IndexRegistry(cfg.indices, cfg.models, cfg.device, self.metrics, self.batchers)
+        self.registry = IndexRegistry(cfg.indices, cfg.models, cfg.device, self.metrics, self.batchers,
+                                      cfg.exclude_sets)
         self.jobs = JobStore(cfg.state_dir, cfg.job_workers, cfg.max_active_jobs)
 
     def start_loading(self) -> threading.Thread:

@@ -20,6 +20,9 @@ MODE_INDEX = {"t2i": ("image",), "t2t": ("text",), "both": ("image", "text")}
 # clip-retrieval's ``deduplicate`` threshold).
 DEFAULT_DEDUP_THRESHOLD = 0.94
 DEFAULT_MARGIN = 0.05  # the low-coverage rule's margin, in cosine (retrieval_service.coverage)
+# A retrieved image this close (cosine) to an excluded evaluation image is dropped (retrieval_service.exclude);
+# calibrated on planted copies by benchmarks/decontam_calibrate.py (docs/service.md).
+DEFAULT_EXCLUDE_THRESHOLD = 0.96
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class TaskSpec:
     dedup_threshold: float | None = DEFAULT_DEDUP_THRESHOLD  # None: keep near-duplicate images
     coverage_margin: float = DEFAULT_MARGIN
     include_queries: bool = True            # the `queries` column (large for big tasks)
+    exclude: list[str] = field(default_factory=list)  # exclusion sets (evaluation datasets) to decontaminate against
+    exclude_threshold: float = DEFAULT_EXCLUDE_THRESHOLD
     chunk: int = 2048                       # queries encoded and searched per step
     batch_size: int = 256                   # texts per encoder batch
     warnings: list[str] = field(default_factory=list)  # raised while validating (e.g. merged duplicates)
@@ -110,4 +115,7 @@ def validate_spec(classes: Sequence, templates: Sequence | None, k: int, mode: s
         raise ReactError(f"threshold must lie in [-1, 1], got {threshold}")
     if dedup_threshold is not None and not 0.0 < float(dedup_threshold) <= 1.0:
         raise ReactError(f"dedup_threshold must lie in (0, 1], got {dedup_threshold}")
+    exclude_threshold = extra.get("exclude_threshold", DEFAULT_EXCLUDE_THRESHOLD)
+    if not 0.0 < float(exclude_threshold) <= 1.0:
+        raise ReactError(f"exclude_threshold must lie in (0, 1], got {exclude_threshold}")
     return TaskSpec(names, tmpl, k, mode, threshold, dedup_threshold, warnings=warnings, **extra)

@@ -29,10 +29,12 @@ from react.errors import ReactError
 from react.schemas import SUBSET_SCHEMA, SUBSET_TASK_KEY, write_parquet
 from retrieval_service.coverage import LOW_COVERAGE_RULE, ClassStats, class_stats
 from retrieval_service.dedup import NearDuplicates
+from retrieval_service.exclude import Exclusion
 from retrieval_service.merge import Hits, collapse_rows, from_search, merge
 from retrieval_service.spec import MODE_INDEX, TaskSpec
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+EXCLUDE_BLOCK = 65_536  # retrieved rows whose vectors are read at a time
 StageTimer = Callable[[str, float], None]     # (stage, seconds): encode, search, metadata, dedup
 
 
@@ -110,7 +112,8 @@ class TaskRetriever:
             self.timer(stage, spent)
 
     def run(self, spec: TaskSpec, progress: ProgressFn | None = None,
-            cancelled: Callable[[], bool] | None = None) -> TaskResult:
+            cancelled: Callable[[], bool] | None = None, exclusion: Exclusion | None = None) -> TaskResult:
+        """``exclusion``: the evaluation images ``spec.exclude`` names, embedded with this index's model."""
         progress = progress or (lambda stage, done, total: None)
         missing = [m for m in MODE_INDEX[spec.mode] if m not in self.searcher.modalities]
         if missing:
@@ -139,6 +142,17 @@ class TaskRetriever:
         raw_per_class = np.bincount(hits.query // n_t, minlength=len(spec.classes))
         progress("merge", 0, 1)
         merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries)
+        distinct = len(merged)
+        excluded = np.zeros(len(spec.classes), np.int64)
+        if exclusion is not None and len(merged):
+            progress("exclude", 0, 1)
+            drop = self._timed("exclude", timings, self._contaminated, merged.row, exclusion, spec.exclude_threshold)
+            if drop.size:
+                gone = np.isin(hits.row, drop)
+                pairs = np.unique(np.stack([hits.row[gone], hits.query[gone] // n_t]), axis=1)
+                excluded = np.bincount(pairs[1], minlength=len(spec.classes))
+                hits = hits.select(~gone)
+                merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries)
         unique_before = len(merged)
         groups: dict[int, int] = {}
         if spec.dedup_threshold is not None and len(merged) > 1:
@@ -152,12 +166,18 @@ class TaskRetriever:
         progress("metadata", 0, 1)
         table = self._timed("metadata", timings, self._table, merged, spec, queries, groups)
         stats, warnings = class_stats(merged, spec.classes, n_t, raw_per_class, spec.coverage_margin)
+        for row, n in zip(stats, excluded.tolist()):
+            row.excluded = int(n)
         if spec.dedup_threshold is not None and self.dups.unavailable:
             warnings.insert(0, self.dups.unavailable)
         summary = {"index": str(self.searcher.root), "model": self.searcher.model, "classes": len(spec.classes),
                    "templates": n_t, "queries": len(queries), "k": spec.k, "mode": spec.mode,
                    "threshold": spec.threshold, "dedup_threshold": spec.dedup_threshold, "hits": int(len(hits)),
-                   "unique_pairs": unique_before, "near_duplicates_collapsed": unique_before - len(merged),
+                   "unique_pairs": distinct, "near_duplicates_collapsed": unique_before - len(merged),
+                   "exclude": list(exclusion.names) if exclusion is not None else [],
+                   "exclude_threshold": spec.exclude_threshold if exclusion is not None else None,
+                   "excluded_images": sum(exclusion.sizes.values()) if exclusion is not None else 0,
+                   "excluded": distinct - unique_before,
                    "rows": len(merged), "seconds": round(time.perf_counter() - started, 3),
                    "stage_seconds": {k: round(v, 3) for k, v in timings.items()}}
         result = TaskResult(table, stats, spec.warnings + warnings, summary)
@@ -165,6 +185,17 @@ class TaskRetriever:
         result.table = table.replace_schema_metadata(meta)
         progress("done", 1, 1)
         return result
+
+    def _contaminated(self, rows: np.ndarray, exclusion: Exclusion, threshold: float) -> np.ndarray:
+        """The ``rows`` whose image is within ``threshold`` of an excluded image."""
+        out = []
+        for lo in range(0, len(rows), EXCLUDE_BLOCK):
+            fetched = self.dups._vectors(rows[lo : lo + EXCLUDE_BLOCK])
+            if fetched is None:
+                raise ReactError(f"exclude: {self.searcher.root} has no image vectors to compare "
+                                 "(no Flat-coded image index, no embedding folder)")
+            out.append(rows[lo : lo + EXCLUDE_BLOCK][exclusion.too_close(*fetched, threshold)])
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def _table(self, merged, spec: TaskSpec, queries: list[str], groups: dict[int, int]) -> pa.Table:
         available = set(self.searcher.rowmeta.column_names)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator, model_validator
 
 from retrieval_service.config import config_default
-from retrieval_service.spec import DEFAULT_DEDUP_THRESHOLD, Limits
+from retrieval_service.spec import DEFAULT_DEDUP_THRESHOLD, DEFAULT_EXCLUDE_THRESHOLD, Limits
 
 # At least one character that is not whitespace as str.strip() sees it: the characters listed are exactly
 # those for which str.isspace() is true. Not \S: regex engines disagree on U+001C..U+001F (the fuzzer's
@@ -167,6 +167,13 @@ def request_models(max_search_k: int = config_default("max_search_k"), limits: L
                                                              "null: off")
         include_queries: bool = Field(True, description="list the queries that found each pair")
         inline: bool = Field(False, description="answer small tasks in the response body instead of as a job")
+        exclude: list[Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]] = Field(
+            [], max_length=32, description="decontamination: names of this service's exclusion sets (react serve "
+                                           "--exclude-set NAME=DATASET); retrieved images within exclude_threshold "
+                                           "cosine of any of their images are dropped, counted per class")
+        exclude_threshold: float = Field(DEFAULT_EXCLUDE_THRESHOLD, gt=0.0, le=1.0,
+                                         description="cosine similarity at which a retrieved image counts as a "
+                                                     "copy of an excluded one")
 
     return SimpleNamespace(SearchRequest=SearchRequest, RetrieveRequest=RetrieveRequest, dim=dim)
 
@@ -234,6 +241,8 @@ class IndexInfo(BaseModel):
     modalities: dict
     generation: int
     loaded_at: str
+    exclude_sets: dict[str, int] = Field({}, description="exclusion sets (react serve --exclude-set) and their "
+                                                         "embedded image views (each image and its mirror)")
 
 
 class IndexImages(BaseModel):

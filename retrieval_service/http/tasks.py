@@ -26,7 +26,8 @@ def task_spec(req, limits) -> TaskSpec:
         raise ServiceError(f"templates: unknown set {req.templates!r} (known: {', '.join(TEMPLATE_SETS)}; "
                            "or send a list)")
     return validate_spec(req.classes, req.templates, req.k, req.mode, req.threshold, req.dedup_threshold,
-                         limits, include_queries=req.include_queries)
+                         limits, include_queries=req.include_queries, exclude=list(req.exclude),
+                         exclude_threshold=req.exclude_threshold)
 
 
 def job_info(job) -> dict:
@@ -55,12 +56,13 @@ def router(svc: RetrievalService, RetrieveRequest: type) -> APIRouter:
     async def retrieve(req: RetrieveRequest):
         idx = registry.get(req.index)
         spec = task_spec(req, cfg.limits)
+        exclusion = idx.exclusion(spec.exclude)
         if req.inline and spec.n_queries <= cfg.inline_max_queries:
-            return inline_answer(await run_in_threadpool(idx.retriever.run, spec))
+            return inline_answer(await run_in_threadpool(idx.retriever.run, spec, None, None, exclusion))
         request = req.model_dump() | {"index": idx.name, "templates": spec.templates, "classes": spec.classes}
 
         def work(job):
-            return idx.retriever.run(spec, jobs.progress_fn(job), job.cancel.is_set)
+            return idx.retriever.run(spec, jobs.progress_fn(job), job.cancel.is_set, exclusion)
 
         job = jobs.submit(request, work, spec.n_queries)
         return JSONResponse(job_info(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
