@@ -1,5 +1,8 @@
 """Which customization recipe moves zero-shot accuracy: ``react customize`` runs
-on given shards, each scored on the corpus' held-out task.
+on given shards, each scored on the validation half of the corpus' held-out task.
+
+Tuning code: it seals the test split first (``react.datasets.seal_splits``), so
+no setting it helps choose can have been chosen on the images the demo reports.
 
     .venv/bin/python benchmarks/react_effect.py --out out/react_effect \\
         --run "t2t-g4-s0 out/demo/shards --steps 128 --batch-size 128 --gate-lr 5e-3 --gated-layers 4 --seed 0" \\
@@ -35,14 +38,15 @@ def main() -> None:
 
     import torch
 
-    from react.datasets import build_classification_dataset
+    from react.datasets import build_classification_dataset, seal_splits
     from downstream.tasks.metrics import mean_per_class_recall
     from react.cli import run
     from react.models import load_model
 
     from react.embedded.corpus import fetch_embedded
 
-    dataset = build_classification_dataset(str(args.corpus or fetch_embedded()))
+    seal_splits("test")
+    dataset = build_classification_dataset(str(args.corpus or fetch_embedded()), "val")
     base = load_model(args.base, device="cpu")
     classes = base.class_embeddings(dataset.classnames, dataset.templates)
     images = torch.stack([base.preprocess(dataset[i][0]) for i in range(len(dataset))])

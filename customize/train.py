@@ -119,7 +119,10 @@ def train(c: TrainConfig) -> dict[str, Any]:
     if c.eval_dataset:
         from react.datasets import build_classification_dataset
 
-        eval_set = build_classification_dataset(c.eval_dataset)
+        try:  # curves watched during training are for choosing things: the validation split when there is one
+            eval_set = build_classification_dataset(c.eval_dataset, "val")
+        except ReactError:
+            eval_set = build_classification_dataset(c.eval_dataset)
 
     r = _Loop(c=c, accelerator=accelerator, run_dir=run_dir, base=base, index=index, plan=p, model=model,
               unwrapped=accelerator.unwrap_model(model), names=names, optimizer=optimizer, scheduler=scheduler,

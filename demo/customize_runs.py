@@ -138,18 +138,24 @@ def react_effect(step: Callable[[str, list[str]], None], out: Path, corpus: Path
             results.setdefault(variant.name, []).append(
                 customize_and_eval(step, base, corpus, shards[variant.data], run_dir, result, variant.mode, seed))
     step("export", ["export", str(out / "run"), "--out", str(out / "customized"), "--overwrite"])
+    from downstream.report.intervals import correct, gain_interval
+
     effect = {"recipe": {mode: " ".join(RECIPE + extra) for mode, extra in MODE_RECIPE.items()},
               "seeds": list(seeds), "variants": {}}
+    answers = {name: [correct(r) for r in runs] for name, runs in results.items()}
     for variant in VARIANTS:
         runs = results[variant.name]
         entry = {"label": variant.label, "mode": variant.mode, "data": variant.data}
         for key in METRICS:
             entry[key] = _spread([r["metrics"][key] for r in runs])
         entry["gain_top1"] = _spread([r["metrics"]["top1"] - base_result["metrics"]["top1"] for r in runs])
+        # 95 % interval over the evaluation images and the seeds (downstream.report.intervals)
+        entry["gain_top1"]["interval"] = gain_interval(answers[variant.name], [correct(base_result)])
         entry["per_class"] = {c: statistics.fmean(r["per_class"][c] for r in runs) for c in runs[0]["per_class"]}
         entry["result"] = str(write_text(out / "results" / f"{variant.name}_zeroshot.json",
                                          json.dumps(_mean_result(variant, runs, entry), indent=2) + "\n"))
         effect["variants"][variant.name] = entry
+    effect["gated_vs_random"] = gain_interval(answers["gated"], answers["random"])
     print_effect(base_result, effect)
     return effect
 
@@ -164,22 +170,30 @@ def _mean_result(variant: Variant, runs: list[dict], entry: dict) -> dict:
             "seeds": [r["model"] for r in runs]}
 
 
+def _interval(i: dict) -> str:
+    """[lo, hi] in points, marked when it contains 0 (no gain distinguishable)."""
+    text = f"[{100 * i['ci95'][0]:+.1f}, {100 * i['ci95'][1]:+.1f}]"
+    return text + (" (contains 0)" if i["contains_zero"] else "")
+
+
 def print_effect(base_result: dict, effect: dict) -> None:
     """Base vs every variant, overall (mean ± std over seeds) and per class."""
     from rich.table import Table
 
     seeds = len(effect["seeds"])
     overall = Table(title=f"zero-shot on the held-out task: base vs customized (mean ± std of {seeds} seeds)")
-    for column in ("model", "top-1 %", "gain (points)", "mean per-class recall %"):
+    for column in ("model", "top-1 %", "gain (points)", "gain 95 % interval", "mean per-class recall %"):
         overall.add_column(column, justify="left" if column == "model" else "right")
     b = base_result["metrics"]
-    overall.add_row("base", f"{100 * b['top1']:.1f}", "", f"{100 * b['mean_per_class_recall']:.1f}")
+    overall.add_row("base", f"{100 * b['top1']:.1f}", "", "", f"{100 * b['mean_per_class_recall']:.1f}")
     for entry in effect["variants"].values():
         t, g, r = entry["top1"], entry["gain_top1"], entry["mean_per_class_recall"]
         overall.add_row(entry["label"], f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f}",
-                        f"{100 * g['mean']:+.1f} ± {100 * g['std']:.1f}",
+                        f"{100 * g['mean']:+.1f} ± {100 * g['std']:.1f}", _interval(g["interval"]),
                         f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}")
     console.print(overall)
+    console.print(f"gated-image minus the random-subset control: {_interval(effect['gated_vs_random'])}; "
+                  f"intervals bootstrap the {b['num_images']} test images and the seeds", highlight=False)
     per_class = Table(title="per-class recall % (customized: mean over seeds)")
     per_class.add_column("class")
     per_class.add_column("base", justify="right")

@@ -27,6 +27,7 @@ TASKS: dict[str, list[str]] = {
 HEADLINE = {"linear-probe": "top1", "retrieval": "image_to_text_R@1", "detection": "AP50", "segmentation": "mIoU"}
 
 
+RESULT_FORMAT = 2  # 2: zero-shot results carry per-image answers (for the intervals); older results are re-measured
 INPUTS_FILE = ".measured.json"  # result file name -> the key (weights, task, dataset, options) it measured
 
 
@@ -68,7 +69,8 @@ def evaluate(step: Callable[[str, list[str]], None], result: Path, task: str, mo
     except (OSError, ValueError):
         measured = {}
     weights = model_identity(model)
-    key = {"weights": weights, "task": task, "dataset": dataset_identity(corpus), "options": list(extra)}
+    key = {"weights": weights, "task": task, "dataset": dataset_identity(corpus), "options": list(extra),
+           "format": RESULT_FORMAT}
     if not (weights and key["dataset"] and result.is_file() and measured.get(result.name) == key):
         step(f"eval {task} {result.stem.removesuffix('_' + task)}", ["eval", task, "--model", str(model), "--dataset", str(corpus),
                                            "--out", str(result), *extra])

@@ -17,6 +17,8 @@ linear probe needs, or says the dataset has one split to halve.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +35,8 @@ EMBEDDED_PARQUET = "downstream.parquet"
 WDS_CLASSNAMES = "classnames.txt"
 WDS_TEMPLATES = "zeroshot_classification_templates.txt"
 SPLIT_NAMES = ("train", "val", "test")
+EMBEDDED_SPLITS = ("val", "test")  # the embedded held-out task, halved per class (_build_embedded)
+SEALED_ENV = "REACT_SEALED_SPLITS"  # comma-separated splits this process (and its children) may not open
 
 
 class ClassificationDataset(Dataset):
@@ -126,16 +130,20 @@ def _subdirs(path: Path) -> list[Path]:
 # --- a. embedded corpus ---------------------------------------------------------
 
 def _build_embedded(parquet: Path, split: str) -> FileListDataset:
+    """The held-out task, halved per class into ``val`` (every recipe choice, sweep and threshold)
+    and ``test`` (the final report only). The halves are fixed by each image's key, not by a seed
+    anyone could re-draw: within a class, images are ordered by sha256(key) and alternate."""
     root = parquet.parent
-    if split != "test":
-        raise ReactError(f"{root}: the embedded corpus has only a 'test' split (got {split!r})")
+    if split not in EMBEDDED_SPLITS:
+        raise ReactError(f"{root}: the embedded corpus has splits {' and '.join(map(repr, EMBEDDED_SPLITS))} "
+                         f"(got {split!r})")
     classes_file = root / CLASSES_FILE
     if not classes_file.is_file():
         raise ReactError(f"class list missing: {classes_file}")
     classnames = _read_classnames(classes_file)
     index = {name: i for i, name in enumerate(classnames)}
     table = read_parquet(parquet, required=("key", "image_path", "label"))
-    paths, labels = [], []
+    rows = []
     for key, image_path, label in zip(*(table.column(c).to_pylist() for c in ("key", "image_path", "label"))):
         if label is None:
             raise ReactError(f"{parquet}: no label for key {key!r}")
@@ -143,12 +151,19 @@ def _build_embedded(parquet: Path, split: str) -> FileListDataset:
             raise ReactError(f"{parquet}: label {label!r} (key {key!r}) is not in {classes_file}")
         if not image_path:
             raise ReactError(f"{parquet}: no image_path for key {key!r}")
-        paths.append(root / image_path)
-        labels.append(index[label])
-    if not labels:
+        rows.append((index[label], hashlib.sha256(str(key).encode()).hexdigest(), root / image_path))
+    if not rows:
         raise ReactError(f"{parquet} has no rows")
+    want = EMBEDDED_SPLITS.index(split)
+    rank: dict[int, int] = {}
+    paths, labels = [], []
+    for label, _, path in sorted(rows):  # by class, then by hashed key
+        r = rank[label] = rank.get(label, -1) + 1
+        if r % 2 == want:
+            paths.append(path)
+            labels.append(label)
     # the task's own prompts, as CLIP_benchmark ships them
-    return FileListDataset(root.name, classnames, paths, labels, _own_templates(root / TEMPLATES_FILE))
+    return FileListDataset(f"{root.name}:{split}", classnames, paths, labels, _own_templates(root / TEMPLATES_FILE))
 
 
 # --- b. ImageFolder ---------------------------------------------------------------
@@ -249,8 +264,20 @@ def detect_format(path: Path) -> str:
     return "imagefolder"
 
 
+def seal_splits(*splits: str) -> None:
+    """Forbid opening ``splits`` from here on, in this process and the processes it starts.
+
+    Tuning code (every recipe choice, sweep and threshold) calls ``seal_splits("test")`` first,
+    so a setting cannot be chosen on the split the final report is read from."""
+    sealed = set(filter(None, os.environ.get(SEALED_ENV, "").split(","))) | set(splits)
+    os.environ[SEALED_ENV] = ",".join(sorted(sealed))
+
+
 def build_classification_dataset(path: str | Path, split: str = DEFAULT_SPLIT) -> ClassificationDataset:
     """Open ``path`` as a classification dataset; see the module docstring for forms."""
+    if split in os.environ.get(SEALED_ENV, "").split(","):
+        raise ReactError(f"split {split!r} is sealed in this process ({SEALED_ENV}): tuning code reads the "
+                         "validation split; the test split is for the final report only")
     root = Path(path).expanduser()
     if not root.exists():
         raise ReactError(f"dataset not found: {root}")
@@ -270,9 +297,9 @@ def open_splits(path: str | Path, train_split: str = DEFAULT_TRAIN_SPLIT, split:
     root = Path(path).expanduser()
     if not root.exists():
         raise ReactError(f"dataset not found: {root}")
-    if detect_format(root) == "embedded":
-        return (build_classification_dataset(root, "test"), None,
-                "embedded: per class floor(n/2) train, rest test (seed 0)")
+    if detect_format(root) == "embedded":  # the probe trains on the validation half, is scored on the test half
+        return (build_classification_dataset(root, "val"), build_classification_dataset(root, "test"),
+                "embedded: val half -> test half")
     if train_split == split:
         raise ReactError(f"--train-split and --split are both {split!r}: the probe would be tested "
                          "on its training images")

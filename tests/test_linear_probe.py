@@ -233,7 +233,7 @@ def test_cli_linear_probe_writes_result(form, tiny_model_dir, tmp_path, capsys):
     elif form == "wds":
         root, n_test = _wds(tmp_path / "wds_colors", {"train": 4, "test": 2}), 6
     else:
-        root, n_test = _embedded(tmp_path / "corpus", 5), 9  # 3 classes x (5 - floor(5/2))
+        root, n_test = _embedded(tmp_path / "corpus", 5), 6  # 3 classes x the test half, floor(5/2)
     out = tmp_path / "results" / "lp.json"
     extra = ["--text-init", "--templates", "simple"] if form == "embedded" else []
     args = eval_parser().parse_args(["eval", "linear-probe", "--model", str(tiny_model_dir), "--dataset", str(root),

@@ -253,13 +253,14 @@ def _embedded(root: Path, labels: list[str | None], classes: str = "green\nred\n
 
 
 def test_embedded_corpus(tmp_path):
-    root = _embedded(tmp_path / "corpus", ["red", "green", "red"])
-    ds = build_classification_dataset(root)
+    root = _embedded(tmp_path / "corpus", ["red", "green", "red", "green"])
+    ds = build_classification_dataset(root)  # the test half: one image per class (tests/test_protocol.py)
     assert ds.classnames == ["green", "red"]  # the classes file sets the order
-    assert ds.labels == [1, 0, 1]
-    assert ds[0][0].getpixel((0, 0))[0] > 150
+    assert sorted(ds.labels) == [0, 1] and len(build_classification_dataset(root, "val")) == 2
+    red = ds.labels.index(1)
+    assert ds[red][0].getpixel((0, 0))[0] > 150
     # The parquet file itself names the same dataset.
-    assert build_classification_dataset(root / "downstream.parquet").labels == [1, 0, 1]
+    assert build_classification_dataset(root / "downstream.parquet").paths == ds.paths
 
 
 def test_embedded_corpus_bad_labels(tmp_path):

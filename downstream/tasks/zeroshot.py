@@ -120,4 +120,6 @@ def evaluate_zeroshot(
         "dataset": dataset.name,
         "metrics": metrics,
         "per_class": per_class_recall(preds, labels, num_classes, dataset.classnames),
+        # per image, in dataset order: what intervals over images are computed from (downstream.report.intervals)
+        "per_image": {"label": labels.tolist(), "prediction": preds.tolist()},
     }
