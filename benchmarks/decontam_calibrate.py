@@ -12,8 +12,9 @@ The exclusion set holds every view ``exclude.views`` embeds (the image and
 its mirror), so a copy's similarity is its best over its original's views,
 and a negative's is its best over the other same-class images' views.
 
-Protocol: images are split in half by a seeded permutation. The threshold is
-chosen on the validation half only -- the lowest value (to 0.01) at which at
+Protocol: the dataset's own validation and test splits when it has both (the
+embedded task's halves, react.datasets), else halves of a seeded permutation.
+The threshold is chosen on the validation part only -- the lowest value (to 0.01) at which at
 most 1 % of distinct same-class images would be dropped (a filter that eats
 the task's own training data is worse than none) -- and the catch rate per
 kind and the share of distinct images dropped are reported on the untouched
@@ -89,12 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     model = load_model(args.model, device="cpu")
     rng = np.random.default_rng(args.seed)
-    images, labels = [], []
+    images, labels, part = [], [], []
     for ds in open_all_splits(args.dataset):
         for i in range(len(ds)):
             images.append(ds.load_image(i))
             labels.append(ds.labels[i])
-    labels = np.array(labels)
+            part.append(ds.name.rsplit(":", 1)[-1])
+    labels, part = np.array(labels), np.array(part)
     from retrieval_service.exclude import views
 
     view_vecs = [embed(model, v) for v in views(images)]  # what the exclusion set holds, per view
@@ -107,8 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
     neg = np.where(same, sims, -np.inf).max(axis=1)  # best distinct image of the same class
     any_other = sims.max(axis=1)
 
-    order = rng.permutation(len(images))
-    val, test = order[: len(order) // 2], order[len(order) // 2:]
+    if {"val", "test"} <= set(part):
+        val, test, split_rule = np.flatnonzero(part == "val"), np.flatnonzero(part == "test"), "the dataset's val/test"
+    else:
+        order = rng.permutation(len(images))
+        val, test, split_rule = order[: len(order) // 2], order[len(order) // 2:], f"seeded halves (seed {args.seed})"
     threshold = round(float(np.ceil(np.quantile(neg[val][np.isfinite(neg[val])], 0.99) * 100) / 100), 2)
 
     def rates(idx: np.ndarray) -> dict:
@@ -121,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "images": int(len(idx))}
 
     result = {"dataset": str(args.dataset), "model": str(args.model), "seed": args.seed, "images": len(images),
-              "threshold": threshold, "chosen_on": "validation half: 99th percentile of distinct same-class similarity, rounded up to 0.01",
+              "threshold": threshold, "chosen_on": "validation part: 99th percentile of distinct same-class similarity, rounded up to 0.01",
+              "split": split_rule,
               "validation": rates(val), "test": rates(test)}
     if args.pool:
         from index.vectors import EmbeddingFolder

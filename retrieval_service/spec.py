@@ -22,7 +22,7 @@ DEFAULT_DEDUP_THRESHOLD = 0.94
 DEFAULT_MARGIN = 0.05  # the low-coverage rule's margin, in cosine (retrieval_service.coverage)
 # A retrieved image this close (cosine) to an excluded evaluation image is dropped (retrieval_service.exclude);
 # calibrated on planted copies by benchmarks/decontam_calibrate.py (docs/service.md).
-DEFAULT_EXCLUDE_THRESHOLD = 0.96
+DEFAULT_EXCLUDE_THRESHOLD = 0.95
 
 
 @dataclass(frozen=True)
