@@ -162,6 +162,11 @@ def index_shards(root: str | Path, cache: Path | None = None) -> ShardIndex:
                 bar.advance(task)
         if cache is not None:
             _write_cached(cache, stamp, rows, shard_of)
+    # img2dataset writes a shard's samples in the order their downloads finished, so two downloads of
+    # the same subset hold the same samples in different orders; ordered by key, a run sees the same
+    # data in the same order whichever download it trains on (the demo's seeds reproduce exactly).
+    order = sorted(range(len(rows)), key=lambda i: rows[i][0])
+    rows, shard_of = [rows[i] for i in order], [shard_of[i] for i in order]
     keys = [r[0] for r in rows]
     if len(set(keys)) != len(keys):
         raise ReactError(f"duplicate sample keys in {root}")

@@ -21,17 +21,22 @@ CAPTIONS = ["a red square", "a blue circle", "a green triangle", "a yellow star"
 NUM_PAIRS = 16
 
 
-def _write_shards(root: Path, pairs: int = NUM_PAIRS, per_shard: int = 8) -> Path:
+def _write_shards(root: Path, pairs: int = NUM_PAIRS, per_shard: int = 8, reverse: bool = False) -> Path:
     """The `react download` layout: {00000..}.tar with .jpg/.txt/.json per
-    sample and sizes.json, written with webdataset's ShardWriter."""
+    sample and sizes.json, written with webdataset's ShardWriter (``reverse``:
+    each shard's samples in the opposite order, as a download finishing them
+    in another order writes them)."""
     import webdataset as wds
     from PIL import Image
 
     root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
     sizes: dict[str, int] = {}
+    order = list(range(pairs))
+    if reverse:
+        order = [i for s in range(0, pairs, per_shard) for i in reversed(range(s, min(s + per_shard, pairs)))]
     with wds.ShardWriter(str(root / "%05d.tar"), maxcount=per_shard, verbose=0) as sink:
-        for i in range(pairs):
+        for i in order:
+            rng = np.random.default_rng(i)
             pixels = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
             buf = io.BytesIO()
             Image.fromarray(pixels).save(buf, format="JPEG")
@@ -206,6 +211,17 @@ def test_gated_image_trains_only_gated_blocks(tiny_model_dir, shards, tmp_path):
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
     assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in log])
     assert "gates/0/0" in events.Tags()["scalars"]
+
+
+def test_training_order_does_not_depend_on_the_order_samples_sit_in_a_shard(tmp_path):
+    """Two downloads of one subset hold the same samples in different orders within a shard;
+    the index orders them by key, so a run (and its text cache) sees one order."""
+    from customize.data import index_shards
+
+    a = index_shards(_write_shards(tmp_path / "a"))
+    b = index_shards(_write_shards(tmp_path / "b", reverse=True))
+    assert a.keys == b.keys == sorted(a.keys) and a.captions == b.captions and a.digest() == b.digest()
+    assert list(a.sizes) == list(b.sizes)
 
 
 def test_resume_is_bit_identical(tiny_model_dir, shards, tmp_path):
