@@ -28,7 +28,7 @@ from react.progress import console
 from react.schemas import SUBSET_SCHEMA, read_parquet, write_parquet, write_text
 
 SEEDS = (0, 1, 2)
-# The demo's recipe on ~600 pairs; how it was chosen is in the README
+# The demo's recipe on ~600 pairs; how it was chosen is in docs/customize.md
 # ("The REACT effect"). Settings a user would pass to react customize.
 RECIPE = ("--steps", "128", "--batch-size", "128")
 MODE_RECIPE = {

@@ -42,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _add_img2dataset_args(g: argparse._ArgumentGroup) -> None:
     """img2dataset's settings; every default is DownloadOptions' (download.options), the one definition."""
     g.add_argument("--distributor", choices=DISTRIBUTORS, default=O.distributor,
-                   help=f"img2dataset's distributor (pyspark/ray: see the README; default: {O.distributor})")
+                   help=f"img2dataset's distributor (pyspark/ray: see docs/download.md; default: {O.distributor})")
     g.add_argument("--spark-master", metavar="URL", default=O.spark_master,
                    help="with --distributor pyspark: the Spark master (spark://HOST:PORT, yarn, k8s://URL; "
                         "default: local[--processes] in this process; an active session is used as it is)")

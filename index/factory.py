@@ -1,6 +1,6 @@
 """Index candidates: which faiss factories to try, what they cost, how to build them.
 
-Memory per vector (float32 d-dim, M graph links), the figures the README's
+Memory per vector (float32 d-dim, M graph links), the figures docs/index.md's
 scale table comes from:
 
 - ``HNSW{M}`` (Flat codes): ``4d + 8M·1.1`` bytes (level-0 links are 2M int32;

@@ -6,7 +6,7 @@ encode batcher and the vector to the search batcher, and awaits their futures.
 The search worker runs one batched ``Searcher.search`` and then each
 request's metadata lookup (Arrow, possibly page faults on a large memory-
 mapped file), so no blocking work runs on the event loop. Measured on the
-2-core machine (README, retrieval service): each thread hop is a GIL hand-off,
+2-core machine (docs/service.md): each thread hop is a GIL hand-off,
 and with the threadpool hop gone a request costs one hand-off each way.
 
 The HTTP layer's ``Announce`` middleware (``retrieval_service.http.middleware``)

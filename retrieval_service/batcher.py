@@ -6,7 +6,7 @@ hand their query to one worker thread, which runs a single batched
 ``Searcher.search`` (or ``encode_texts``) for everything queued and hands each
 request its result back through a future.
 
-Why (measured on the 2-core machine, README's retrieval service section):
+Why (measured on the 2-core machine, docs/service.md):
 without it every request calls torch and faiss on its own threadpool thread,
 each call paying the Python-side setup (tokenizer, forward-pass dispatch,
 search parameters, normalisation) under the GIL, and the calls' thread pools

@@ -5,7 +5,7 @@ pairs of such a class are only loosely related to it, and customizing on
 them cannot help. It shows before any training as a class whose *best*
 matches score far below those of the other classes of the task.
 
-The rule (documented in the README and in ``LOW_COVERAGE_RULE``):
+The rule (documented in docs/service.md and in ``LOW_COVERAGE_RULE``):
 
 - a class's coverage score is the mean similarity of its ``TOP_N`` (10)
   best-matching unique pairs;

@@ -1,7 +1,7 @@
 """``react report``'s data side: read result JSONs, check them, group them by
 task and dataset, and turn each group into a table of values and gains.
 
-Rendering lives elsewhere (``report_figures`` for PNGs, ``report_html`` for
+Rendering lives elsewhere (``report.figures`` for PNGs, ``report.render`` for
 Markdown/HTML); this module only knows the result contract, so a new task
 never breaks the report -- it gets a generic table of its numeric metrics.
 """
