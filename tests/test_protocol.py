@@ -48,9 +48,9 @@ def test_halves_are_disjoint_stratified_complete_and_fixed(tmp_path):
 
 def test_a_sealed_split_cannot_be_opened_here_or_in_child_processes(tmp_path, monkeypatch):
     root = _embedded(tmp_path / "c", {"cat": 2, "dog": 2})
-    monkeypatch.delenv(SEALED_ENV, raising=False)
+    monkeypatch.setenv(SEALED_ENV, "")  # recorded, so the seal below is undone after the test
     seal_splits("test")
-    assert os.environ[SEALED_ENV] == "test"
+    assert os.environ[SEALED_ENV] == "test"  # (the empty entry the fixture set is dropped)
     build_classification_dataset(root, "val")
     with pytest.raises(ReactError, match="split 'test' is sealed"):
         build_classification_dataset(root, "test")
