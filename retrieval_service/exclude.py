@@ -29,7 +29,7 @@ from react.errors import ReactError
 
 BATCH = 64  # images per forward pass
 VIEWS = 2  # per image: see views()
-BLOCK = 65_536  # retrieved vectors compared at a time: a block x exclusion-set similarity matrix
+SIMILARITIES = 1 << 25  # entries of one block x exclusion-set similarity matrix (128 MiB of float32)
 
 
 @dataclass
@@ -54,9 +54,10 @@ class Exclusion:
             raise ReactError(f"exclusion set {', '.join(self.names)} has dimension {self.vectors.shape[1]}, "
                              f"the index {vecs.shape[1]}: embed it with the index's model")
         out = np.zeros(len(vecs), bool)
-        for lo in range(0, len(vecs), BLOCK):
-            best = (vecs[lo : lo + BLOCK] @ self.vectors.T).max(axis=1, initial=-1.0)
-            out[lo : lo + BLOCK] = best >= threshold
+        block = max(1, SIMILARITIES // max(len(self.vectors), 1))  # ImageNet's 50k x 2 views: 335 rows a block
+        for lo in range(0, len(vecs), block):
+            best = (vecs[lo : lo + block] @ self.vectors.T).max(axis=1, initial=-1.0)
+            out[lo : lo + block] = best >= threshold
         return out & has
 
 
