@@ -73,3 +73,20 @@ def test_bad_tower_shape_is_refused_in_one_line(monkeypatch, tmp_path, capsys):
                     *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and culprit in err[0], err
+
+
+def test_a_base_recorded_before_a_recipe_field_existed_is_still_current(tmp_path):
+    corpus, base = _dirs(tmp_path, "embedded-v9", "embedded-v9", BaseRecipe())
+    config = json.loads((base / CONFIG_FILE).read_text())
+    del config["react"]["base"]["recipe"]["pool_type"]  # as bases trained before --pool recorded it
+    (base / CONFIG_FILE).write_text(json.dumps(config))
+    assert is_current(base, corpus, BaseRecipe())
+    assert not is_current(base, corpus, BaseRecipe(pool_type="avg"))
+
+
+def test_pool_flag_reaches_the_recipe_and_the_default_config_is_unchanged(monkeypatch, tmp_path):
+    from react.embedded.base import model_config
+
+    assert _train_with(monkeypatch, tmp_path, "--pool", "avg").pool_type == "avg"
+    assert "pool_type" not in model_config(BaseRecipe())["vision_cfg"]
+    assert model_config(BaseRecipe(pool_type="avg"))["vision_cfg"]["pool_type"] == "avg"

@@ -46,6 +46,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        ("--patch-size", "ViT patch side in pixels"),
                        ("--width", "ViT width, a multiple of 64"), ("--layers", "ViT blocks")):
         train.add_argument(flag, type=int, default=None, metavar="N", help=f"{what} (default: the recipe's)")
+    train.add_argument("--pool", default=None, choices=("tok", "avg"),
+                       help="image embedding: tok = the class token (as CLIP), avg = the mean patch token "
+                            "(default: the recipe's)")
     train.add_argument("--photo-weight", type=int, default=None,
                        help="how many times more often stamps (photos, clip-art) are drawn than emoji "
                             "(default: the recipe's, 4; 1 samples uniformly)")
@@ -88,6 +91,8 @@ def _train(args: argparse.Namespace) -> int:
         if value < 1:
             raise ReactError(f"--{name.replace('_', '-')} must be positive, got {value}")
         setattr(recipe, name, value)
+    if args.pool is not None:
+        recipe.pool_type = args.pool
     if recipe.image_size % recipe.patch_size:
         raise ReactError(f"--image-size {recipe.image_size} is not a whole number of {recipe.patch_size}-px patches")
     if recipe.width % 64:
