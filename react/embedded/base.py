@@ -42,6 +42,10 @@ class BaseRecipe:
     patch_size: int = 8
     width: int = 128
     layers: int = 4
+    # How the tower pools its tokens into the image embedding: "tok" (the class
+    # token, as CLIP) or "avg" (the mean patch token, so every patch is trained
+    # towards the joint space that dense features are read in).
+    pool_type: str = "tok"
     steps: int = 450
     batch_size: int = 128
     lr: float = 1e-3
@@ -65,7 +69,9 @@ def model_config(r: BaseRecipe) -> dict:
     return {
         "embed_dim": 384,
         "vision_cfg": {"image_size": r.image_size, "patch_size": r.patch_size, "width": r.width,
-                       "layers": r.layers, "head_width": 64, "mlp_ratio": 4.0},
+                       "layers": r.layers, "head_width": 64, "mlp_ratio": 4.0,
+                       # open_clip's default is "tok": left out then, so the default's config is unchanged
+                       **({"pool_type": r.pool_type} if r.pool_type != "tok" else {})},
         "text_cfg": {"hf_model_name": path, "hf_tokenizer_name": path, "hf_proj_type": "linear",
                      "hf_pooler_type": "mean_pooler", "context_length": 48},
     }
@@ -183,7 +189,13 @@ def is_current(out: Path, corpus: Path, r: BaseRecipe) -> bool:
         info = json.loads((out / CONFIG_FILE).read_text())["react"]["base"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return info.get("corpus_version") == corpus_version(corpus) and info.get("recipe") == asdict(r)
+    recorded = info.get("recipe")
+    if not isinstance(recorded, dict):
+        return False
+    # A field added to the recipe later is missing from older bases, which were
+    # trained with its default.
+    recorded = {**asdict(BaseRecipe()), **recorded}
+    return info.get("corpus_version") == corpus_version(corpus) and recorded == asdict(r)
 
 
 def train_base(corpus: Path, out: Path, r: BaseRecipe) -> dict:

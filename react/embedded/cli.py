@@ -41,6 +41,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     train.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
     train.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 1e-3)")
+    # The image tower's shape; defaults stay in BaseRecipe (react/embedded/base.py), the one definition.
+    for flag, what in (("--image-size", "input side in pixels, a whole number of patches"),
+                       ("--patch-size", "ViT patch side in pixels"),
+                       ("--width", "ViT width, a multiple of 64"), ("--layers", "ViT blocks")):
+        train.add_argument(flag, type=int, default=None, metavar="N", help=f"{what} (default: the recipe's)")
+    train.add_argument("--pool", default=None, choices=("tok", "avg"),
+                       help="image embedding: tok = the class token (as CLIP), avg = the mean patch token "
+                            "(default: the recipe's)")
     train.add_argument("--photo-weight", type=int, default=None,
                        help="how many times more often stamps (photos, clip-art) are drawn than emoji "
                             "(default: the recipe's, 4; 1 samples uniformly)")
@@ -76,6 +84,19 @@ def _train(args: argparse.Namespace) -> int:
         if not args.lr > 0:
             raise ReactError(f"--lr must be positive, got {args.lr}")
         recipe.lr = args.lr
+    for name in ("image_size", "patch_size", "width", "layers"):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if value < 1:
+            raise ReactError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        setattr(recipe, name, value)
+    if args.pool is not None:
+        recipe.pool_type = args.pool
+    if recipe.image_size % recipe.patch_size:
+        raise ReactError(f"--image-size {recipe.image_size} is not a whole number of {recipe.patch_size}-px patches")
+    if recipe.width % 64:
+        raise ReactError(f"--width must be a multiple of 64 (the head width), got {recipe.width}")
     if args.photo_weight is not None:
         if args.photo_weight < 1:
             raise ReactError(f"--photo-weight must be at least 1, got {args.photo_weight}")
