@@ -100,7 +100,7 @@ def run_suite(args: argparse.Namespace) -> int:
     base = score(args.model, args.label)
     if not runs:
         for task, top1 in base["metrics"].items():
-            console.print(f"{task:>16}  {100 * top1:5.1f} %", highlight=False)
+            print(f"{task:>16}  {100 * top1:5.1f} %")
         return 0
     from downstream.report.suite import compare, render_markdown, write_report
 
@@ -108,6 +108,6 @@ def run_suite(args: argparse.Namespace) -> int:
     report = compare(base, customized, args.label, args.customized_label)
     report["corpus"] = str(corpus)
     json_path, _ = write_report(report, out)
-    console.print(render_markdown(report), highlight=False, markup=False)
+    print(render_markdown(report))  # the result, on stdout (progress and logs are on stderr)
     console.log(f"wrote {json_path} and {json_path.with_suffix('.md')}")
     return 0
