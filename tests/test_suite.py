@@ -246,3 +246,26 @@ def test_cli_errors_are_one_line(tmp_path, argv, message):
     assert child.returncode == 2
     lines = child.stderr.strip().splitlines()
     assert len(lines) == 1 and message.replace("{tmp}", str(tmp_path)) in lines[0], child.stderr
+
+
+def test_demo_suite_step_runs_once_for_the_same_weights(tiny_model_dir, tmp_path):
+    from demo.transfer import evaluation_suite
+    from react.cli import run
+
+    corpus = _corpus(tmp_path / "corpus")
+    (corpus / "suite").mkdir()
+    calls = []
+
+    def step(name: str, argv: list[str]) -> None:
+        calls.append(name)
+        # the demo's own corpus has all three tasks; this one is scored on two (no Twemoji package here)
+        assert run(argv + ["--tasks", "stamps", "stamp-scenes", "--device", "cpu"]) == 0
+
+    summary = evaluation_suite(step, tmp_path / "demo", corpus, tiny_model_dir, [tiny_model_dir], split="val")
+    assert calls == ["eval suite"] and summary["split"] == "val"
+    assert (summary["wins"], summary["ties"], summary["losses"]) == (0, 2, 0)
+    assert summary["average"]["gain_ci95"] == [0.0, 0.0] and set(summary["tasks"]) == {"stamps", "stamp-scenes"}
+    evaluation_suite(step, tmp_path / "demo", corpus, tiny_model_dir, [tiny_model_dir], split="val")
+    assert calls == ["eval suite"]  # reused
+    evaluation_suite(step, tmp_path / "demo", corpus, tiny_model_dir, [tiny_model_dir], split="test")
+    assert calls == ["eval suite"] * 2  # another split is measured again
