@@ -105,3 +105,34 @@ def report(step: Callable[[str, list[str]], None], out: Path, labelled: list[tup
     step("report", ["report", *[f"{label}={path}" for label, path in labelled], "--base", labelled[0][0],
                     "--subset", str(subset), "--summary", str(summary), "--out", str(out / "report")])
     return out / "report" / "report.html"
+
+
+SUITE_DIR = "suite"  # under the demo's output: each model's suite result and suite_report.{md,json}
+
+
+def evaluation_suite(step: Callable[[str, list[str]], None], out: Path, corpus: Path, base: Path,
+                     runs: Sequence[Path], split: str = "test", label: str = "gated-image") -> dict:
+    """``react eval suite``: the base and every seed of the customized model, zero-shot on
+    each task of the embedded suite (the stamps it targets, a held-out emoji vendor, stamps
+    on scenes), reported ELEVATER-style in OUT/suite/. Reused when the same weights were
+    scored on the same corpus and split. Returns the summary's ``suite`` part."""
+    folder = out / SUITE_DIR
+    key = {"base": model_identity(base), "runs": [model_identity(r) for r in runs],
+           "dataset": dataset_identity(corpus), "split": split, "label": label}
+    inputs = folder / INPUTS_FILE
+    report = folder / "suite_report.json"
+    try:
+        fresh = json.loads(inputs.read_text()) == key and report.is_file()
+    except (OSError, ValueError):
+        fresh = False
+    if not fresh:
+        step("eval suite", ["eval", "suite", "--model", str(base), "--customized", *map(str, runs),
+                            "--customized-label", label, "--corpus", str(corpus), "--split", split,
+                            "--out", str(folder)])
+        write_text(inputs, json.dumps(key, indent=1) + "\n")
+    data = json.loads(report.read_text())
+    row = lambda r: {"base": r["base_top1"], label: r["customized_top1"], "gain": r["gain"]["mean"],  # noqa: E731
+                     "gain_ci95": r["gain"]["ci95"], "verdict": r["verdict"]}
+    return {"split": data["split"], "tasks": {t: row(r) for t, r in data["tasks"].items()},
+            "average": row(data["average"]), "wins": data["wins"], "ties": data["ties"], "losses": data["losses"],
+            "report": str(folder / "suite_report.md")}

@@ -15,6 +15,7 @@ from downstream.defaults import (BACKGROUND_MODES, DEFAULT_BACKGROUND_THRESHOLD,
                                  DEFAULT_SCENE_SEED, DEFAULT_SCENES, DEFAULT_SEEDS, DEFAULT_SHOTS, DEFAULT_SPLIT,
                                  DEFAULT_TRAIN_SPLIT, DENSE_MODES, REGION_MODES)
 from downstream.report.build import REPORT_TITLE
+from downstream.suite import SUITE_TASKS, run_suite
 from downstream.runners import (run_detection, run_linear_probe, run_report, run_retrieval, run_segmentation,
                                 run_zeroshot)
 from react.templates import DEFAULT_TEMPLATES
@@ -219,9 +220,51 @@ def add_segmentation(tasks: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_segmentation)
 
 
+def add_suite(tasks: argparse._SubParsersAction) -> None:
+    p = tasks.add_parser(
+        "suite", help="zero-shot on every task of the embedded suite; with --customized, an ELEVATER-style report",
+        description="Zero-shot top-1 on each task of the embedded evaluation suite (stamps: the held-out "
+                    "stamps customization targets; emoji-twemoji: Twitter's emoji, a vendor held out of "
+                    "pretraining, in 20 classes; stamp-scenes: the held-out stamps on textured scenes). With "
+                    "--customized, the base and each run are scored and OUT/suite_report.{md,json} gives per "
+                    "task the gain with its 95 % interval, the average over tasks, and wins/ties/losses "
+                    "(tie: the interval contains 0).",
+        epilog="example: react eval suite --model out/demo/base --customized out/demo/run "
+               "out/demo/runs/gated-s1 out/demo/runs/gated-s2 --split val --out out/suite-val",
+    )
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="the base: a model directory, a customization run folder, or an open_clip name")
+    p.add_argument("--pretrained", default=None, metavar="TAG|PATH",
+                   help="pretrained tag or checkpoint file, for an open_clip model name as --model")
+    p.add_argument("--customized", nargs="+", default=None, metavar="RUN",
+                   help="customized models or run folders, one per seed: each is scored and compared with "
+                        "--model (needs --out)")
+    p.add_argument("--corpus", default=None, metavar="CORPUS_DIR",
+                   help="embedded corpus directory; the suite's tasks are built from it and cached under "
+                        "CORPUS_DIR/suite/ (default: the cached embedded corpus, built on first use)")
+    p.add_argument("--split", default=DEFAULT_SPLIT, choices=("val", "test"),
+                   help="half of every task to score: val for choosing anything, test for the final report "
+                        f"(default: {DEFAULT_SPLIT})")
+    p.add_argument("--tasks", nargs="+", default=list(SUITE_TASKS), metavar="TASK",
+                   help=f"tasks to score (default: all: {' '.join(SUITE_TASKS)})")
+    p.add_argument("--label", default="base", metavar="NAME", help="name of --model in the report (default: base)")
+    p.add_argument("--customized-label", default="customized", metavar="NAME",
+                   help="name of the --customized runs in the report (default: customized)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help=f"images per forward pass (default: {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="image-decoding worker processes (default: 0 on CPU, up to 8 on GPU)")
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write each model's suite result (NAME.json) and, with --customized, "
+                        "suite_report.{md,json} here (atomically); without it, only print")
+    p.set_defaults(func=run_suite)
+
+
 # The tasks of ``react eval``, in the order --help lists them.
 TASKS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_zeroshot, add_linear_probe, add_retrieval, add_detection, add_segmentation]
+    add_zeroshot, add_linear_probe, add_retrieval, add_detection, add_segmentation, add_suite]
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

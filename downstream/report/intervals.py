@@ -43,3 +43,37 @@ def gain_interval(runs: list[np.ndarray], against: list[np.ndarray], replicates:
     return {"mean": round(float(a.mean() - b.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
             "contains_zero": bool(lo <= 0.0 <= hi), "images": int(n), "seeds": [len(a), len(b)],
             "replicates": replicates}
+
+
+def mean_gain_interval(tasks: dict[str, tuple[list[np.ndarray], list[np.ndarray]]],
+                       replicates: int = REPLICATES, seed: int = 0) -> dict:
+    """The ELEVATER average: the mean over tasks of each task's gain (every task weighs the
+    same, whatever its size), with its 95 % interval. ``tasks``: {name: (runs, against)} as
+    ``gain_interval`` takes them, the runs in the same seed order for every task. Each
+    replicate draws the seeds once (a seed is one model, scored on every task) and each
+    task's images on their own."""
+    if not tasks:
+        raise ValueError("no tasks to average")
+    stacked = {name: (np.stack([np.asarray(r, np.float64) for r in a]), np.stack([np.asarray(r, np.float64) for r in b]))
+               for name, (a, b) in tasks.items()}
+    seeds = {(a.shape[0], b.shape[0]) for a, b in stacked.values()}
+    if len(seeds) != 1:
+        raise ValueError(f"the tasks were scored with different numbers of models: {sorted(seeds)}")
+    for name, (a, b) in stacked.items():
+        if a.shape[1] != b.shape[1]:
+            raise ValueError(f"{name}: {a.shape[1]} images against {b.shape[1]}: not the same evaluation set")
+    (na, nb), = seeds
+    rng = np.random.default_rng(seed)
+    gains = np.empty(replicates)
+    for i in range(replicates):
+        sa, sb = rng.integers(0, na, size=na), rng.integers(0, nb, size=nb)
+        total = 0.0
+        for a, b in stacked.values():
+            idx = rng.integers(0, a.shape[1], size=a.shape[1])
+            total += a[sa][:, idx].mean() - b[sb][:, idx].mean()
+        gains[i] = total / len(stacked)
+    lo, hi = np.quantile(gains, [0.025, 0.975])
+    mean = float(np.mean([a.mean() - b.mean() for a, b in stacked.values()]))
+    return {"mean": round(mean, 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "contains_zero": bool(lo <= 0.0 <= hi), "tasks": len(stacked), "seeds": [na, nb],
+            "replicates": replicates}

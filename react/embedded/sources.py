@@ -49,6 +49,19 @@ EMOJI = Source(
     homepage="npm package emoji-datasource-google (iamcal/emoji-data)",
 )
 SOURCES = (TUXPAINT, EMOJI)
+# Not part of the corpus: another vendor's drawings of the same emoji, for the
+# evaluation suite's held-out-vendor task (downstream.data.suite_tasks). Twemoji
+# graphics are CC-BY 4.0, which lets the task's images be redistributed.
+TWEMOJI = Source(
+    name="emoji-twitter",
+    registry="npm",
+    package="emoji-datasource-twitter",
+    version="16.0.0",
+    filename="emoji-datasource-twitter-16.0.0.tgz",
+    sha256="f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877",
+    license="CC-BY-4.0 (Twemoji images, Twitter, Inc. and other contributors)",
+    homepage="npm package emoji-datasource-twitter (iamcal/emoji-data)",
+)
 
 
 def sha256_file(path: Path) -> str:
