@@ -49,7 +49,7 @@ def _step(name: str, argv: list[str], timings: dict[str, float]) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from demo.customize_runs import random_subset, react_effect
-    from demo.transfer import evaluate, report, transfer_suite, transfer_summary
+    from demo.transfer import evaluate, evaluation_suite, report, transfer_suite, transfer_summary
     from react.embedded.corpus import fetch_embedded
 
     out: Path = args.out
@@ -99,6 +99,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     step = lambda name, argv: _step(name, argv, timings)  # noqa: E731
     suite = transfer_suite(step, out / "results", corpus, {"base": base, "gated-image": out / "customized"})
+    # ELEVATER-style: every seed of the method on each task of the embedded suite, targeted or not
+    gated_runs = [out / "run"] + [out / "runs" / f"gated-s{s}" for s in effect["seeds"][1:]]
+    suite_summary = evaluation_suite(step, out, corpus, base, gated_runs)
     metrics = base_eval["metrics"]
     gated = effect["variants"]["gated"]
     summary = {
@@ -117,6 +120,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "react_effect": {name: {k: v for k, v in entry.items() if k != "per_class"}
                          for name, entry in effect["variants"].items()},
         "transfer": transfer_summary(suite),
+        "suite": suite_summary,
         "chance_top1": round(1 / manifest["downstream_classes"], 4),
         "timings_s": timings,
     }
