@@ -90,7 +90,9 @@ def _add_retrieve(sub: argparse._SubParsersAction) -> None:
     where = ret.add_mutually_exclusive_group(required=True)
     where.add_argument("--server", default=None, metavar="URL", help="a running react serve, e.g. http://127.0.0.1:8000")
     where.add_argument("--index", type=Path, default=None, metavar="INDEX_DIR", help="run in-process on this index")
-    ret.add_argument("--classes", type=Path, required=True, metavar="FILE", help="class names, one a line")
+    ret.add_argument("--classes", type=Path, required=True, metavar="FILE",
+                     help="class names, one a line ('#' starts a comment line); CLASS|ALIAS|ALIAS searches the "
+                          "aliases too (each x every template) and labels their pairs with CLASS")
     ret.add_argument("--templates", default=None, metavar="NAME|FILE",
                      help="imagenet (CLIP's 80, default), simple, classname, or a file with one {} template a line")
     ret.add_argument("--k", type=int, default=task["k"], help="results per query (default: %(default)s)")
@@ -108,6 +110,10 @@ def _add_retrieve(sub: argparse._SubParsersAction) -> None:
     ret.add_argument("--exclude-threshold", type=float, default=task["exclude_threshold"], metavar="COS",
                      help="cosine similarity at which a retrieved image counts as a copy of an excluded one "
                           "(default: %(default)s, calibrated on planted copies: docs/service.md)")
+    ret.add_argument("--per-class", type=int, default=task["per_class"], metavar="N",
+                     help="after merging, exclusion and collapse keep at most N pairs per class (its best by "
+                          "similarity), so frequent classes do not crowd out rare ones; k stays per query "
+                          "(default: no quota)")
     ret.add_argument("--no-queries", action="store_true", help="leave out the queries column (smaller file)")
     ret.add_argument("--index-name", default=None, help="with --server: which served index (default: the first)")
     ret.add_argument("--api-key-file", type=Path, default=None, metavar="FILE", help="with --server: the key to send")

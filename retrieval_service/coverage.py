@@ -19,14 +19,21 @@ The rule (documented in docs/service.md and in ``LOW_COVERAGE_RULE``):
 The median/MAD pair is robust: one failing class among a thousand does not
 move the reference it is compared to. With fewer than three classes only the
 "nothing retrieved" case can be flagged.
+
+A class's aliases (``screwdriver|screw driver|turnscrew``) get a row each
+(:func:`alias_stats`): the subset pairs the alias found, how many of them
+**only** it found among its class's names (what it adds), and its coverage
+score. An alias is flagged **weak** when it found nothing or its coverage
+lies more than ``margin`` below its class name's own: it retrieves something
+else than the class (a homonym, a misspelling).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from retrieval_service.merge import Merged
+from retrieval_service.merge import Hits, Merged
 from retrieval_service.spec import DEFAULT_MARGIN
 
 TOP_N = 10
@@ -50,6 +57,8 @@ class ClassStats:
     max: float | None
     low_coverage: bool = False
     excluded: int = 0  # pairs dropped as (near-copies of) evaluation images (retrieval_service.exclude)
+    cut: int = 0       # pairs beyond the per-class quota (retrieval_service.quota)
+    aliases: list[dict] = field(default_factory=list)  # one entry per alias: alias_stats
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -94,4 +103,43 @@ def flag_low_coverage(stats: list[ClassStats], margin: float = DEFAULT_MARGIN) -
             s.low_coverage = True
             warnings.append(f"class {s.name!r} has low coverage: its best pairs score {s.coverage:.3f}, "
                             f"task median {median:.3f} (cut {cut:.3f}); the corpus may barely cover it")
+    return warnings
+
+
+def alias_stats(hits: Hits, names: list[tuple[str, int]], n_templates: int, raw_hits_per_name: np.ndarray,
+                stats: list[ClassStats], margin: float = DEFAULT_MARGIN) -> list[str]:
+    """Fill each class's ``aliases`` entries from the subset's ``hits`` (query ``g * n_templates + t`` is
+    searched name g; ``names``: (name, class) with the class names first, as ``TaskSpec.names``); return
+    one warning per weak alias."""
+    n_classes, n_names = len(stats), len(names)
+    if n_names == n_classes:
+        return []
+    name_class = np.array([c for _, c in names], np.int64)
+    order = np.argsort(-hits.score, kind="stable")
+    name = hits.query[order].astype(np.int64) // n_templates
+    pair_key, first = np.unique(hits.row[order] * n_names + name, return_index=True)  # best hit per (pair, name)
+    p_name, p_score = pair_key % n_names, hits.score[order][first]
+    _, inverse, count = np.unique((pair_key // n_names) * n_classes + name_class[p_name], return_inverse=True,
+                                  return_counts=True)
+    only = count[inverse.reshape(-1)] == 1  # no other name of the same class found this pair
+    found = np.bincount(p_name, minlength=n_names)
+    alone = np.bincount(p_name[only], minlength=n_names)
+    by_name = np.lexsort((-p_score, p_name))
+    sorted_name = p_name[by_name]
+    top = (np.arange(len(by_name)) - np.searchsorted(sorted_name, sorted_name, side="left")) < TOP_N
+    sums = np.bincount(sorted_name[top], weights=p_score[by_name][top], minlength=n_names)
+    tops = np.bincount(sorted_name[top], minlength=n_names)
+    cover = [round(float(sums[g] / tops[g]), 4) if tops[g] else None for g in range(n_names)]
+    warnings: list[str] = []
+    for g in range(n_classes, n_names):
+        alias, c = names[g]
+        own = cover[c]
+        weak = cover[g] is None or (own is not None and cover[g] < own - margin)
+        stats[c].aliases.append({"alias": alias, "queries": n_templates, "hits": int(raw_hits_per_name[g]),
+                                 "unique": int(found[g]), "only": int(alone[g]), "coverage": cover[g], "weak": weak})
+        if cover[g] is None:
+            warnings.append(f"alias {alias!r} of class {stats[c].name!r} retrieved nothing")
+        elif weak:
+            warnings.append(f"alias {alias!r} of class {stats[c].name!r} is weak: its best pairs score "
+                            f"{cover[g]:.3f}, the class name's {own:.3f}; it may retrieve something else")
     return warnings

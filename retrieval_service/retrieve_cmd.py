@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from react.errors import ReactError
@@ -13,21 +14,44 @@ STAGE_LABEL = {"search": "encoding + searching queries", "merge": "merging", "de
                "metadata": "reading metadata", "queued": "queued", "starting": "starting", "done": "done"}
 
 
-def read_classes(path: Path) -> list[str]:
+@dataclass
+class ClassesFile:
+    """A classes file: class names in order and the aliases given for them."""
+
+    names: list[str]
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+
+
+def read_classes(path: Path) -> ClassesFile:
+    """One class a line; ``#`` starts a comment line. ``screwdriver|screw driver|turnscrew``: the first
+    name is the class, the others are aliases searched for it (a class given on two lines gets the
+    aliases of both). An empty name between bars is refused, naming the line."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ReactError(f"cannot read classes file {path}: {exc.__class__.__name__}") from None
-    classes = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not classes:
+    out = ClassesFile([])
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = [" ".join(part.split()) for part in line.split("|")]
+        if not all(parts):
+            raise ReactError(f"classes file {path} line {number}: an empty name in {line.strip()!r} "
+                             "(write CLASS|ALIAS|ALIAS)")
+        out.names.append(parts[0])
+        if len(parts) > 1:
+            out.aliases.setdefault(parts[0], []).extend(parts[1:])
+    if not out.names:
         raise ReactError(f"classes file {path} holds no class name")
-    return classes
+    return out
 
 
 def retrieve(args: argparse.Namespace) -> int:
     from react.templates import get_templates
 
     classes = read_classes(args.classes)
+    if args.per_class is not None and args.per_class < 1:
+        raise ReactError(f"--per-class must be a positive integer, got {args.per_class}")
     templates = get_templates(args.templates)  # a set name or a file, read on this side in both modes
     dedup = None if args.no_dedup else args.dedup_threshold
     if args.out.suffix != ".parquet":
@@ -51,8 +75,9 @@ def _in_process(args, classes, templates, dedup) -> dict:
     from retrieval_service.spec import validate_spec
     from retrieval_service.task import TaskRetriever, load_index_model, write_subset
 
-    spec = validate_spec(classes, templates, args.k, args.mode, args.threshold, dedup,
-                         include_queries=not args.no_queries, exclude=[str(p) for p in args.exclude],
+    spec = validate_spec(classes.names, templates, args.k, args.mode, args.threshold, dedup,
+                         aliases=classes.aliases, per_class=args.per_class, include_queries=not args.no_queries,
+                         exclude=[str(p) for p in args.exclude],
                          exclude_threshold=args.exclude_threshold)
     searcher = Searcher(args.index)
     model = load_index_model(searcher, args.model)
@@ -90,7 +115,8 @@ def _via_server(args, classes, templates, dedup) -> dict:
 
     key = next(iter(read_api_keys(args.api_key_file)), None) if args.api_key_file else None
     client = ServiceClient(args.server, key)
-    request = {"classes": classes, "templates": templates, "k": args.k, "mode": args.mode, "index": args.index_name,
+    request = {"classes": classes.names, "aliases": classes.aliases, "per_class": args.per_class,
+               "templates": templates, "k": args.k, "mode": args.mode, "index": args.index_name,
                "threshold": args.threshold, "dedup_threshold": dedup, "include_queries": not args.no_queries,
                "exclude": [str(x) for x in args.exclude], "exclude_threshold": args.exclude_threshold}
     job = client.submit(request)
@@ -107,25 +133,38 @@ def _via_server(args, classes, templates, dedup) -> dict:
 
 
 def print_report(report: dict) -> None:
+    """The coverage table: a row per class, an indented ``= alias`` row per alias (its excl: pairs no
+    other name of its class found; WEAK: it scores well below its class name), a ``cut`` column under a
+    quota."""
     from rich.table import Table
 
     summary = report["summary"]
+    quota = summary.get("per_class")
     table = Table(title=f"{summary['classes']} classes x {summary['templates']} templates, k={summary['k']}, "
-                        f"{summary['mode']}: {summary['rows']} pairs")
+                        f"{summary['mode']}: {summary['rows']} pairs"
+                        + (f", at most {quota} per class" if quota else ""))
     decontaminated = bool(summary.get("exclude"))
-    for col in ("class", "hits", "uniq", "excl", *(("dropped",) if decontaminated else ()),
-                "cover", "p10", "p50", "p90", "max", "flag"):
+    extra = (("dropped",) if decontaminated else ()) + (("cut",) if quota else ())
+    for col in ("class", "hits", "uniq", "excl", *extra, "cover", "p10", "p50", "p90", "max", "flag"):
         table.add_column(col, justify="left" if col in ("class", "flag") else "right")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for s in report["classes"]:
-        dropped = (str(s.get("excluded", 0)),) if decontaminated else ()
-        table.add_row(s["name"], str(s["hits"]), str(s["unique"]), str(s["exclusive"]), *dropped,
+        more = ((str(s.get("excluded", 0)),) if decontaminated else ()) + ((str(s.get("cut", 0)),) if quota else ())
+        table.add_row(s["name"], str(s["hits"]), str(s["unique"]), str(s["exclusive"]), *more,
                       fmt(s["coverage"]), fmt(s["p10"]), fmt(s["p50"]), fmt(s["p90"]), fmt(s["max"]),
                       "[red]LOW[/]" if s["low_coverage"] else "")
+        for a in s.get("aliases", ()):
+            # excl column: pairs only this alias found among its class's names
+            table.add_row(f"  = {a['alias']}", str(a["hits"]), str(a["unique"]), str(a["only"]),
+                          *("" for _ in extra), fmt(a["coverage"]), "", "", "", "",
+                          "[yellow]WEAK[/]" if a["weak"] else "", style="dim")
     console.print(table)
     if decontaminated:
         console.print(f"decontamination: {summary['excluded']} retrieved pairs dropped as copies of "
                       f"{summary['excluded_images']} images of {', '.join(summary['exclude'])} "
                       f"(cosine >= {summary['exclude_threshold']})", highlight=False)
+    if quota:
+        console.print(f"quota: {summary['quota_cut']} class labels beyond {quota} per class cut "
+                      f"({summary['quota_rows_dropped']} pairs left the subset: every class that found them cut them)", highlight=False)
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)

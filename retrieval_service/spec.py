@@ -34,6 +34,14 @@ class Limits:
     max_queries: int = 1_000_000
     max_k: int = 1000
     max_text_chars: int = 500
+    max_aliases: int = 100  # per class
+
+
+class AliasConflict(ReactError):
+    """Aliases that contradict the classes (an alias naming another class, a key naming none). No JSON
+    Schema can state a relation between two fields, so the HTTP API answers it as a conflict (409)."""
+
+    status = 409
 
 
 @dataclass
@@ -50,14 +58,22 @@ class TaskSpec:
     exclude_threshold: float = DEFAULT_EXCLUDE_THRESHOLD
     chunk: int = 2048                       # queries encoded and searched per step
     batch_size: int = 256                   # texts per encoder batch
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # class -> more names searched for it
+    per_class: int | None = None            # keep at most this many pairs per class (its best); None: no quota
     warnings: list[str] = field(default_factory=list)  # raised while validating (e.g. merged duplicates)
+
+    def names(self) -> list[tuple[str, int]]:
+        """Every searched name and the class it counts for: the class names first (query ``c * n_templates
+        + t`` is still class c's), then each class's aliases in class order."""
+        out = [(c, i) for i, c in enumerate(self.classes)]
+        return out + [(a, i) for i, c in enumerate(self.classes) for a in self.aliases.get(c, ())]
 
     @property
     def n_queries(self) -> int:
-        return len(self.classes) * len(self.templates)
+        return len(self.names()) * len(self.templates)
 
     def queries(self) -> list[str]:
-        return [t.format(c) for c in self.classes for t in self.templates]
+        return [t.format(name) for name, _ in self.names() for t in self.templates]
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -67,11 +83,13 @@ class TaskSpec:
 
 def validate_spec(classes: Sequence, templates: Sequence | None, k: int, mode: str, threshold: float | None = None,
                   dedup_threshold: float | None = DEFAULT_DEDUP_THRESHOLD, limits: Limits = Limits(),
-                  **extra) -> TaskSpec:
+                  aliases: dict | None = None, per_class: int | None = None, **extra) -> TaskSpec:
     """A checked :class:`TaskSpec`; ReactError naming the first bad field.
 
     Class names are stripped; exact repeats are merged (ImageNet's list has
-    two "crane"s) with a warning, since a row cannot carry one name twice."""
+    two "crane"s) with a warning, since a row cannot carry one name twice.
+    ``aliases`` maps a class to more names searched for it (:func:`check_aliases`);
+    ``per_class`` caps each class's pairs after merging (its best are kept)."""
     from react.templates import get_templates, normalize_templates
 
     if not isinstance(classes, (list, tuple)) or not classes:
@@ -104,13 +122,24 @@ def validate_spec(classes: Sequence, templates: Sequence | None, k: int, mode: s
         raise ReactError(f"templates: {len(tmpl)} given, at most {limits.max_templates} allowed")
     if any(len(t) > limits.max_text_chars for t in tmpl):
         raise ReactError(f"templates: a template is longer than {limits.max_text_chars} characters")
-    if len(names) * len(tmpl) > limits.max_queries:
-        raise ReactError(f"{len(names)} classes x {len(tmpl)} templates = {len(names) * len(tmpl)} queries, "
+    alias_map = check_aliases(aliases or {}, names, limits, warnings)
+    n_names = len(names) + sum(len(v) for v in alias_map.values())
+    if n_names * len(tmpl) > limits.max_queries:
+        what = f"{len(names)} classes" + (f" + {n_names - len(names)} aliases" if n_names > len(names) else "")
+        raise ReactError(f"{what} x {len(tmpl)} templates = {n_names * len(tmpl)} queries, "
                          f"at most {limits.max_queries} allowed")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
         raise ReactError(f"k must be an integer in [1, {limits.max_k}], got {k!r}")
     if mode not in MODES:
         raise ReactError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if per_class is not None:
+        if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+            raise ReactError(f"per_class must be a positive integer, got {per_class!r}")
+        # k is per query: a class gathers at most k x its queries x the indices searched, before merging.
+        most_aliases = max((len(v) for v in alias_map.values()), default=0)
+        most = k * len(tmpl) * (1 + most_aliases) * len(MODE_INDEX[mode])
+        if per_class >= most:
+            warnings.append(f"per_class {per_class} >= {most} (k x queries per class): the quota cannot cut anything")
     if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
         raise ReactError(f"threshold must lie in [-1, 1], got {threshold}")
     if dedup_threshold is not None and not 0.0 < float(dedup_threshold) <= 1.0:
@@ -118,4 +147,49 @@ def validate_spec(classes: Sequence, templates: Sequence | None, k: int, mode: s
     exclude_threshold = extra.get("exclude_threshold", DEFAULT_EXCLUDE_THRESHOLD)
     if not 0.0 < float(exclude_threshold) <= 1.0:
         raise ReactError(f"exclude_threshold must lie in (0, 1], got {exclude_threshold}")
-    return TaskSpec(names, tmpl, k, mode, threshold, dedup_threshold, warnings=warnings, **extra)
+    return TaskSpec(names, tmpl, k, mode, threshold, dedup_threshold, aliases=alias_map, per_class=per_class,
+                    warnings=warnings, **extra)
+
+
+def check_aliases(aliases: dict, classes: list[str], limits: Limits, warnings: list[str]) -> dict[str, list[str]]:
+    """``{class: [alias, ...]}`` with whitespace normalized. An alias that repeats, or is its own class's
+    name, is merged with a warning; a key naming no class of the task, an alias that is another class's
+    name or an alias given to two classes is refused (:class:`AliasConflict`): its hits could not be
+    labelled with one class."""
+    if not isinstance(aliases, dict):
+        raise ReactError("aliases: need an object mapping a class name to a list of aliases")
+    known = {c.casefold(): c for c in classes}
+    owner: dict[str, str] = {}  # casefolded alias -> its class
+    out: dict[str, list[str]] = {}
+    for key, given in aliases.items():
+        if not isinstance(key, str):
+            raise ReactError("aliases: a key is not a string")
+        cls = " ".join(key.split())
+        if cls not in classes:
+            raise AliasConflict(f"aliases: {cls!r} is not a class of the task")
+        if isinstance(given, str) or not isinstance(given, (list, tuple)):
+            raise ReactError(f"aliases[{cls!r}]: need a list of strings")
+        if len(given) > limits.max_aliases:
+            raise ReactError(f"aliases[{cls!r}]: {len(given)} given, at most {limits.max_aliases} allowed")
+        kept = out.setdefault(cls, [])
+        for i, alias in enumerate(given):
+            if not isinstance(alias, str) or not alias.strip():
+                raise ReactError(f"aliases[{cls!r}][{i}]: empty or not a string")
+            alias = " ".join(alias.split())
+            if len(alias) > limits.max_text_chars:
+                raise ReactError(f"aliases[{cls!r}][{i}]: {len(alias)} characters, at most "
+                                 f"{limits.max_text_chars} allowed")
+            folded = alias.casefold()
+            if known.get(folded, cls) != cls:
+                raise AliasConflict(f"aliases[{cls!r}]: {alias!r} is the name of another class, "
+                                    f"{known[folded]!r}; its pairs cannot count for both")
+            if owner.get(folded, cls) != cls:
+                raise AliasConflict(f"aliases: {alias!r} is given for both {owner[folded]!r} and {cls!r}")
+            if folded == cls.casefold() or folded in owner:
+                warnings.append(f"alias {alias!r} of class {cls!r} repeats a name already searched; merged")
+                continue
+            owner[folded] = cls
+            kept.append(alias)
+        if len(kept) > limits.max_aliases:
+            raise ReactError(f"aliases[{cls!r}]: {len(kept)} given, at most {limits.max_aliases} allowed")
+    return {c: v for c, v in out.items() if v}

@@ -27,10 +27,11 @@ import pyarrow as pa
 
 from react.errors import ReactError
 from react.schemas import SUBSET_SCHEMA, SUBSET_TASK_KEY, write_parquet
-from retrieval_service.coverage import LOW_COVERAGE_RULE, ClassStats, class_stats
+from retrieval_service.coverage import LOW_COVERAGE_RULE, ClassStats, alias_stats, class_stats
 from retrieval_service.dedup import NearDuplicates
 from retrieval_service.exclude import Exclusion
 from retrieval_service.merge import Hits, collapse_rows, from_search, merge
+from retrieval_service.quota import drop_labels, quota_cuts
 from retrieval_service.spec import MODE_INDEX, TaskSpec
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
@@ -122,7 +123,9 @@ class TaskRetriever:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         queries = spec.queries()
-        n_t = len(spec.templates)
+        n_t, n_classes = len(spec.templates), len(spec.classes)
+        names = spec.names()  # class names, then aliases: query g * n_t + t searches name g
+        query_class = np.repeat(np.array([c for _, c in names], np.int32), n_t)
         parts: list[Hits] = []
         progress("search", 0, len(queries))
         for lo in range(0, len(queries), spec.chunk):
@@ -139,9 +142,14 @@ class TaskRetriever:
             progress("search", min(lo + spec.chunk, len(queries)), len(queries))
         hits = Hits.concat(parts)
         del parts
-        raw_per_class = np.bincount(hits.query // n_t, minlength=len(spec.classes))
+        raw_per_class = np.bincount(query_class[hits.query], minlength=n_classes)
+        raw_per_name = np.bincount(hits.query // n_t, minlength=len(names))
+
+        def merged_hits(hits: Hits):
+            return self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries, query_class)
+
         progress("merge", 0, 1)
-        merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries)
+        merged = merged_hits(hits)
         distinct = len(merged)
         excluded = np.zeros(len(spec.classes), np.int64)
         if exclusion is not None and len(merged):
@@ -149,10 +157,10 @@ class TaskRetriever:
             drop = self._timed("exclude", timings, self._contaminated, merged.row, exclusion, spec.exclude_threshold)
             if drop.size:
                 gone = np.isin(hits.row, drop)
-                pairs = np.unique(np.stack([hits.row[gone], hits.query[gone] // n_t]), axis=1)
-                excluded = np.bincount(pairs[1], minlength=len(spec.classes))
+                pairs = np.unique(np.stack([hits.row[gone], query_class[hits.query[gone]]]), axis=1)
+                excluded = np.bincount(pairs[1], minlength=n_classes)
                 hits = hits.select(~gone)
-                merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries)
+                merged = merged_hits(hits)
         unique_before = len(merged)
         groups: dict[int, int] = {}
         if spec.dedup_threshold is not None and len(merged) > 1:
@@ -162,22 +170,35 @@ class TaskRetriever:
             edges = self._timed("dedup", timings, self.dups.edges, merged.row, spec.dedup_threshold)
             if edges is not None and edges[0].size:
                 hits, groups = collapse_rows(hits, merged.row, merged.similarity, *edges)
-                merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries)
+                merged = merged_hits(hits)
+        cut = np.zeros(n_classes, np.int64)
+        before_quota, n_hits = len(merged), len(hits)
+        if spec.per_class is not None and len(merged):
+            keys, cut = quota_cuts(merged, n_classes, spec.per_class)
+            if keys.size:
+                hits = drop_labels(hits, query_class, n_classes, keys)
+                merged = merged_hits(hits)
+                kept = set(merged.row.tolist())  # a group whose keeper every class cut left with it
+                groups = {r: n for r, n in groups.items() if r in kept}
         progress("metadata", 0, 1)
         table = self._timed("metadata", timings, self._table, merged, spec, queries, groups)
         stats, warnings = class_stats(merged, spec.classes, n_t, raw_per_class, spec.coverage_margin)
-        for row, n in zip(stats, excluded.tolist()):
-            row.excluded = int(n)
+        for row, n, c in zip(stats, excluded.tolist(), cut.tolist()):
+            row.excluded, row.cut = int(n), int(c)
+            row.queries = n_t * (1 + len(spec.aliases.get(row.name, ())))
+        warnings += alias_stats(hits, names, n_t, raw_per_name, stats, spec.coverage_margin)
         if spec.dedup_threshold is not None and self.dups.unavailable:
             warnings.insert(0, self.dups.unavailable)
         summary = {"index": str(self.searcher.root), "model": self.searcher.model, "classes": len(spec.classes),
                    "templates": n_t, "queries": len(queries), "k": spec.k, "mode": spec.mode,
-                   "threshold": spec.threshold, "dedup_threshold": spec.dedup_threshold, "hits": int(len(hits)),
-                   "unique_pairs": distinct, "near_duplicates_collapsed": unique_before - len(merged),
+                   "threshold": spec.threshold, "dedup_threshold": spec.dedup_threshold, "hits": int(n_hits),
+                   "unique_pairs": distinct, "near_duplicates_collapsed": unique_before - before_quota,
                    "exclude": list(exclusion.names) if exclusion is not None else [],
                    "exclude_threshold": spec.exclude_threshold if exclusion is not None else None,
                    "excluded_images": sum(exclusion.sizes.values()) if exclusion is not None else 0,
-                   "excluded": distinct - unique_before,
+                   "excluded": distinct - unique_before, "aliases": len(names) - n_classes,
+                   "per_class": spec.per_class, "quota_cut": int(cut.sum()),
+                   "quota_rows_dropped": before_quota - len(merged),
                    "rows": len(merged), "seconds": round(time.perf_counter() - started, 3),
                    "stage_seconds": {k: round(v, 3) for k, v in timings.items()}}
         result = TaskResult(table, stats, spec.warnings + warnings, summary)

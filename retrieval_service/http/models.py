@@ -26,6 +26,7 @@ TEXT_PATTERN = r"[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u202
 TEMPLATE_PATTERN = r"^[^{}]*\{(?:c|class|classname)?\}[^{}]*$"
 EMBEDDING_MAX_ABS = 1e6  # a component beyond this is no embedding (and overflows float32 norms)
 EMBEDDING_MIN_ABS = 1e-6  # at least one component this large: the vector has a direction
+MAX_PER_CLASS = 1 << 31  # per_class beyond any subset's size; bounded so the schema states a maximum
 
 
 def _json_integer(value):
@@ -62,7 +63,8 @@ ERROR_DESCRIPTIONS = {
     404: "unknown index, job or row",
     405: "method not allowed (the Allow header lists the allowed ones)",
     409: "conflict: the index has no loadable model for text/image queries, a reload failed (the previous "
-         "index keeps serving), or a job's result is not ready",
+         "index keeps serving), a job's result is not ready, or a task's aliases contradict its classes (a key "
+         "that is no class, an alias that is another class's name or given for two classes)",
     410: "the job's result file is gone",
     413: "request body, image or image size over the service's limits",
     422: "the request does not match the schema (type, range, length, exactly-one-of)",
@@ -149,8 +151,10 @@ def request_models(max_search_k: int = config_default("max_search_k"), limits: L
                 raise ValueError(f"give exactly one of text, image, embedding (got {', '.join(given) or 'none'})")
             return self
 
+    class_name = Annotated[str, Field(min_length=1, max_length=text_chars, pattern=TEXT_PATTERN)]
+
     class RetrieveRequest(StrictModel):
-        classes: list[Annotated[str, Field(min_length=1, max_length=text_chars, pattern=TEXT_PATTERN)]] = Field(
+        classes: list[class_name] = Field(
             ..., min_length=1, max_length=limits.max_classes,
             description=f"the task's class names (repeats are merged; classes x templates at most "
                         f"{limits.max_queries} queries)")
@@ -174,6 +178,13 @@ def request_models(max_search_k: int = config_default("max_search_k"), limits: L
         exclude_threshold: float = Field(DEFAULT_EXCLUDE_THRESHOLD, gt=0.0, le=1.0,
                                          description="cosine similarity at which a retrieved image counts as a "
                                                      "copy of an excluded one")
+        aliases: dict[Annotated[str, Field(min_length=1, max_length=text_chars)], Annotated[list[class_name], Field(min_length=1, max_length=limits.max_aliases)]] = \
+            Field({}, max_length=limits.max_classes, description="more names searched per class: {class: [alias, "
+                  "...]}; each alias x every template is an extra query whose pairs are labelled with the class "
+                  "(409 if a key is not one of classes, or an alias is another class's name or given for two)")
+        per_class: Optional[json_int(ge=1, le=MAX_PER_CLASS)] = Field(  # type: ignore[valid-type]
+            None, description="keep at most this many pairs per class after merging, exclusion and collapse "
+                              "(its best by similarity); null: no quota. k stays per query")
 
     return SimpleNamespace(SearchRequest=SearchRequest, RetrieveRequest=RetrieveRequest, dim=dim)
 

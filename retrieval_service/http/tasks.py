@@ -26,7 +26,8 @@ def task_spec(req, limits) -> TaskSpec:
         raise ServiceError(f"templates: unknown set {req.templates!r} (known: {', '.join(TEMPLATE_SETS)}; "
                            "or send a list)")
     return validate_spec(req.classes, req.templates, req.k, req.mode, req.threshold, req.dedup_threshold,
-                         limits, include_queries=req.include_queries, exclude=list(req.exclude),
+                         limits, aliases=req.aliases, per_class=req.per_class,
+                         include_queries=req.include_queries, exclude=list(req.exclude),
                          exclude_threshold=req.exclude_threshold)
 
 
