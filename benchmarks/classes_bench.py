@@ -5,7 +5,7 @@
 
 The task is the demo's: the corpus' 20 downstream classes, its 6 templates, k=50, near-duplicate collapse
 on. It is run in-process (``TaskRetriever``, what ``react retrieve --index`` runs) for each mode, with and
-without the aliases of ``benchmarks/demo_aliases.txt`` and with and without ``--per-class`` quotas.
+without the aliases of ``demo/aliases.txt`` and with and without ``--per-class`` quotas.
 
 **Judging a retrieved pair.** A subset row carries the classes it was retrieved for; each (pair, class)
 label is *correct* when the pair belongs to that class:
@@ -21,7 +21,7 @@ pair highest -- is correct), label precision (correct labels / labels: a pair fo
 has three labels), macro label precision (mean over classes), the correct labels found (out of the
 corpus' pairs of the 20 classes: recall), and the balance (the largest and smallest class).
 
-Three alias settings per mode: none; all of ``demo_aliases.txt``; and "strong" -- the aliases the
+Three alias settings per mode: none; all of ``demo/aliases.txt``; and "strong" -- the aliases the
 coverage table did *not* flag weak in the run with all of them (what a user who reads the table keeps). The held-out images are not
 excluded here (the demo drops 11 of 587 pairs for them; no effect on what is compared).
 """
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="the index's model, if not the one index.json records")
     parser.add_argument("--corpus", type=Path, default=Path("~/.cache/react/corpus/embedded-v3").expanduser(),
                         help="the embedded corpus (retrieval.parquet, downstream_classes.txt and templates)")
-    parser.add_argument("--aliases", type=Path, default=Path(__file__).with_name("demo_aliases.txt"),
+    parser.add_argument("--aliases", type=Path, default=Path(__file__).resolve().parents[1] / "demo" / "aliases.txt",
                         help="a classes file with aliases (CLASS|ALIAS|ALIAS) for the corpus' classes")
     parser.add_argument("--per-class", type=int, nargs="+", default=[10, 20, 40], metavar="N",
                         help="quotas to try (default: 10 20 40)")

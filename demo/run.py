@@ -17,6 +17,8 @@ from react.schemas import CLASSES_FILE, CORPUS_MANIFEST, TEMPLATES_FILE, write_t
 # report labels of the customization variants (demo.customize_runs.VARIANTS)
 _LABELS = {"gated": "gated-image", "locked-text": "locked-text", "random": "random-subset"}
 RETRIEVE_MODE = "t2t"
+ALIASES = Path(__file__).with_name("aliases.txt")  # CLASS|ALIAS|ALIAS for the demo task's classes
+ALIAS_QUOTA = 20  # --per-class of the alias retrieval
 HELDOUT = "heldout"  # the exclusion set naming the held-out task (both its validation and test halves)
 
 
@@ -84,7 +86,14 @@ def run_demo(args: argparse.Namespace) -> int:
         _step("retrieve", ["retrieve", "--server", url, "--classes", str(corpus / CLASSES_FILE), "--templates",
                            str(corpus / TEMPLATES_FILE), "--k", "50", "--mode", RETRIEVE_MODE, "--out", str(subset),
                            "--exclude", HELDOUT, "--json", str(out / "subset_report.json")], timings)
+        # The same task expanded by aliases and capped per class: shown next to the plain subset (not
+        # trained on; benchmarks/classes_bench.py measures precision with and without each).
+        _step("retrieve-aliases", ["retrieve", "--server", url, "--classes", str(ALIASES), "--templates",
+                                   str(corpus / TEMPLATES_FILE), "--k", "50", "--mode", RETRIEVE_MODE,
+                                   "--per-class", str(ALIAS_QUOTA), "--out", str(out / "subset_aliases.parquet"),
+                                   "--exclude", HELDOUT, "--json", str(out / "subset_aliases_report.json")], timings)
     subset_summary = _subset_summary(out / "subset_report.json")
+    subset_summary["with_aliases"] = _aliases_summary(out / "subset_aliases_report.json")
     console.print(f"decontamination: {subset_summary['excluded']} retrieved pairs were (copies of) the "
                   f"{subset_summary['excluded_images']} held-out images and were dropped", highlight=False)
     download_summary = _download(corpus, subset, out / "shards", timings)
@@ -245,6 +254,16 @@ def _wait_ready(url: str, proc, timeout_s: float = 120.0) -> None:
             pass
         time.sleep(0.3)
     raise ReactError(f"react serve at {url} not ready after {timeout_s:.0f} s")
+
+
+def _aliases_summary(report_path: Path) -> dict:
+    """Rows, quota cuts and the aliases flagged weak of the alias retrieval."""
+    report = json.loads(report_path.read_text())
+    summary = report.get("summary", report)
+    weak = [f"{row['name']}|{a['alias']}" for row in report.get("classes", []) for a in row.get("aliases", [])
+            if a.get("weak")]
+    return {"aliases": summary["aliases"], "per_class": summary["per_class"], "rows": summary["rows"],
+            "quota_cut": summary["quota_cut"], "weak_aliases": weak}
 
 
 def _subset_summary(report_path: Path) -> dict:
