@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from react.errors import ReactError
-from react.schemas import SUBSET_SCHEMA, SUBSET_TASK_KEY, write_parquet
+from react.schemas import SAFETY_COLUMNS, SUBSET_SCHEMA, SUBSET_TASK_KEY, write_parquet
 from retrieval_service.coverage import LOW_COVERAGE_RULE, ClassStats, class_stats
 from retrieval_service.dedup import NearDuplicates
 from retrieval_service.exclude import Exclusion
@@ -199,7 +199,7 @@ class TaskRetriever:
 
     def _table(self, merged, spec: TaskSpec, queries: list[str], groups: dict[int, int]) -> pa.Table:
         available = set(self.searcher.rowmeta.column_names)
-        cols = [c for c in ("key", "url", "caption", "image_path") if c in available]
+        cols = [c for c in ("key", "url", "caption", "image_path", *SAFETY_COLUMNS) if c in available]
         meta = self.searcher.metadata(merged.row, columns=cols)
         n = len(merged)
         url = meta.column("url") if "url" in cols else meta.column("image_path") if "image_path" in cols \
@@ -227,6 +227,11 @@ class TaskRetriever:
         table = table.append_column("row", pa.array(merged.row, pa.int64()))
         if "image_path" in cols:
             table = table.append_column("image_path", meta.column("image_path").cast(pa.string()))
+        for name in SAFETY_COLUMNS:  # as the corpus has them: react download --safety metadata reads them
+            if name in cols:
+                column = meta.column(name)  # the index stores strings as large_string; the subset as string
+                table = table.append_column(name, column.cast(pa.string()) if pa.types.is_large_string(column.type)
+                                            else column)
         return table
 
 
