@@ -144,9 +144,13 @@ def report(opts: DownloadOptions, full: pa.Table, sub: Subset, checked_keys: set
         dropped.update(classes_of.get(d.key) or [])
     per_class = {c: {"checked": checked[c], "dropped": dropped[c]}
                  for c in sorted(checked, key=lambda c: (-dropped[c], c))}
+    # a class the filter empties is as lost as one whose links rotted: said, not silent
+    warnings = [f"class {c!r} lost most of its checked images to the safety filter: {v['dropped']} of {v['checked']}"
+                for c, v in per_class.items() if v["dropped"] and v["checked"] - v["dropped"] < opts.warn_below * v["checked"]]
     out = {"mode": opts.safety, "max_punsafe": opts.max_punsafe, "columns": columns,
            "subset_rows": full.num_rows, "checked": len(checked_keys), "dropped": len(drops),
-           "dropped_by_reason": dict(by_reason), "per_class": per_class, "record": SAFETY_DROPPED_FILE}
+           "dropped_by_reason": dict(by_reason), "per_class": per_class, "record": SAFETY_DROPPED_FILE,
+           "warnings": warnings}
     if opts.safety == "metadata":
         out["strict"] = opts.safety_strict
     else:
@@ -192,3 +196,5 @@ def print_safety(block: dict) -> None:
     if hit:
         console.print("  dropped per class: " + ", ".join(f"{c} {v['dropped']}/{v['checked']}" for c, v in hit[:10])
                       + (f" (+{len(hit) - 10} more)" if len(hit) > 10 else ""), highlight=False)
+    for w in block["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)

@@ -115,7 +115,14 @@ def _classify_shard(root: Path, shard_id: int, info: ShardInfo, scorer: Scorer, 
     dropped: dict[str, tuple[float, str]] = {}  # sample key -> (score, label)
     for lo in range(0, len(samples), BATCH):
         batch = samples[lo : lo + BATCH]
-        scores = scorer([read_span(s.image.tar, s.image.offset, s.image.size) for s in batch])
+        try:
+            scores = scorer([read_span(s.image.tar, s.image.offset, s.image.size) for s in batch])
+        except ReactError:
+            raise
+        except Exception as exc:  # a scorer's own failure, named with where it happened
+            raise ReactError(f"--safety-scorer {scorer_name} failed on {tar.name} "
+                             f"(samples {batch[0].key}..{batch[-1].key}): {exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
         if len(scores) != len(batch):
             raise ReactError(f"--safety-scorer {scorer_name}: {len(scores)} scores for {len(batch)} images")
         for s, (p, label) in zip(batch, scores):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -147,6 +148,7 @@ def test_metadata_drops_rows_before_they_are_fetched(corpus, tmp_path, capsys):
     assert safety["per_class"] == {"dog": {"checked": 3, "dropped": 2}, "cat": {"checked": 4, "dropped": 1},
                                    "bird": {"checked": 4, "dropped": 0}}
     assert s["per_class"]["dog"] == {"requested": 1, "downloaded": 1}
+    assert safety["warnings"] == ["class 'dog' lost most of its checked images to the safety filter: 2 of 3"]
     record = pq.read_table(out / SAFETY_DROPPED_FILE).to_pylist()
     assert [(r["subset_key"], r["reason"], r["score"], r["label"], r["classes"]) for r in record] == [
         ("k0", "punsafe", 0.9, "NSFW", ["cat"]), ("k2", "punsafe", 0.7, "UNLIKELY", ["dog"]),
@@ -266,6 +268,29 @@ def test_classifier_takes_unsafe_images_out_of_the_shards(corpus, tmp_path, caps
     finally:
         SCORERS.pop("test-red", None)
     assert "10 checked, 3 dropped (3 classifier)" in _said(capsys)
+
+
+def test_a_failing_scorer_is_one_line_naming_the_shard(corpus, tmp_path, capsys):
+    from download.safety_classifier import SCORERS, register_scorer
+
+    def broken():
+        def score(images):
+            raise RuntimeError("model exploded\nwith a traceback-ish second line")
+        return score
+
+    register_scorer("test-broken", broken)
+    try:
+        subset = _subset(tmp_path / "subset.parquet", punsafe=False, nsfw=False)
+        with serve_corpus(corpus):
+            assert _download(subset, tmp_path / "shards", "--safety", "classifier",
+                             "--safety-scorer", "test-broken") == 2
+    finally:
+        SCORERS.pop("test-broken", None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(r"error: --safety-scorer test-broken failed on 00000\.tar \(samples \d+\.\.\d+\): "
+                        r"RuntimeError: model exploded", err[-1]), err[-1]
+    # nothing half-filtered is passed off as done: the manifest is not complete
+    assert json.loads((tmp_path / "shards" / DOWNLOAD_MANIFEST).read_text())["complete"] is False
 
 
 @pytest.mark.skipif(importlib.util.find_spec("nudenet") is None,
