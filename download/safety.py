@@ -133,7 +133,7 @@ def report(opts: DownloadOptions, full: pa.Table, sub: Subset, checked_keys: set
     filter); ``checked_keys``: the rows the filter looked at."""
     columns = sub.safety.column_names if sub.safety is not None else []
     if opts.safety == "off":
-        return {"mode": "off", "columns": columns, "would_check": scored_rows(sub)}
+        return {"mode": "off", "columns": columns, "subset_rows": full.num_rows, "would_check": scored_rows(sub)}
     by_reason = Counter({r: 0 for r in REASONS})
     by_reason.update(d.reason for d in drops)
     classes_of = dict(zip(full.column(SHARD_SUBSET_KEY).to_pylist(), _classes(full)))
@@ -183,10 +183,13 @@ def write_record(path, full: pa.Table, drops: list[Drop]) -> None:
 
 
 def print_safety(block: dict) -> None:
-    if block["mode"] == "off":
+    if block["mode"] == "off":  # said, so that a user learns the filter exists
         if block["columns"]:
             console.print(f"safety filter: off ({block['would_check']} rows carry {'/'.join(block['columns'])}: "
                           "--safety metadata would check them)", highlight=False)
+        else:
+            console.print(f"safety filter: off ({block['subset_rows']} rows; no punsafe/NSFW columns: "
+                          "--safety classifier would score the downloaded images)", style="dim", highlight=False)
         return
     reasons = ", ".join(f"{n} {r}" for r, n in block["dropped_by_reason"].items() if n)
     console.print(f"[bold]safety filter ({block['mode']}, max punsafe {block['max_punsafe']:g}):[/] "

@@ -122,7 +122,7 @@ def test_off_by_default_downloads_everything_and_says_what_it_would_check(corpus
         assert _download(subset, out) == 0
     s = _summary(out)
     assert (s["requested"], s["downloaded"], s["failed"]) == (11, 10, 1) and web.served == 10
-    assert s["safety"] == {"mode": "off", "columns": ["punsafe", "NSFW"], "would_check": 10}
+    assert s["safety"] == {"mode": "off", "columns": ["punsafe", "NSFW"], "subset_rows": 11, "would_check": 10}
     assert _shard_keys(out) == set(ALL)
     assert not (out / SAFETY_DROPPED_FILE).exists()
     assert "safety filter: off (10 rows carry punsafe/NSFW: --safety metadata would check them)" in _said(capsys)
