@@ -229,10 +229,21 @@ class TaskRetriever:
             table = table.append_column("image_path", meta.column("image_path").cast(pa.string()))
         for name in SAFETY_COLUMNS:  # as the corpus has them: react download --safety metadata reads them
             if name in cols:
-                column = meta.column(name)  # the index stores strings as large_string; the subset as string
-                table = table.append_column(name, column.cast(pa.string()) if pa.types.is_large_string(column.type)
-                                            else column)
+                table = table.append_column(name, _safety_column(meta.column(name)))
         return table
+
+
+def _safety_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A corpus safety column for the subset: large_string (the index's) as
+    string, and a NaN score (pandas' missing value) as null -- the inline API
+    answer is JSON, which has no NaN."""
+    import pyarrow.compute as pc
+
+    if pa.types.is_large_string(column.type):
+        return column.cast(pa.string())
+    if pa.types.is_floating(column.type):
+        return pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+    return column
 
 
 def _ragged(offsets: np.ndarray, names: pa.Array, values: np.ndarray) -> pa.Array:

@@ -322,7 +322,7 @@ def test_retrieve_carries_the_corpus_safety_columns(tiny_model, tiny_model_dir, 
     from index.build import build_index
 
     build_task_index(tmp_path, tiny_model, tiny_model_dir)
-    unsafe = {"catdog": (0.93, "NSFW"), "dog": (0.2, "UNSURE")}
+    unsafe = {"catdog": (0.93, "NSFW"), "dog": (0.2, "UNSURE"), "car": (float("nan"), None)}
     for part in sorted((tmp_path / "emb" / "metadata").glob("*.parquet")):
         t = pq.read_table(part)
         keys = t.column("key").to_pylist()
@@ -340,6 +340,7 @@ def test_retrieve_carries_the_corpus_safety_columns(tiny_model, tiny_model_dir, 
     assert table.schema.field("punsafe").type == pa.float64() and table.schema.field("NSFW").type == pa.string()
     got = {r["key"]: (r["punsafe"], r["NSFW"]) for r in table.to_pylist()}
     assert got == {"cat": (0.01, "UNLIKELY"), "catdog": (0.93, "NSFW"), "dog": (0.2, "UNSURE"),
-                   "car": (0.01, "UNLIKELY")}
+                   "car": (None, None)}  # a NaN score arrives as null (JSON has no NaN)
     drops = metadata_drops(read_subset(subset), DownloadOptions(safety="metadata", safety_strict=True))
-    assert sorted((d.key, d.reason) for d in drops) == [("catdog", "punsafe"), ("dog", "nsfw_label")]
+    assert sorted((d.key, d.reason) for d in drops) == [("car", "unscored"), ("catdog", "punsafe"),
+                                                         ("dog", "nsfw_label")]
