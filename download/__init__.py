@@ -21,6 +21,9 @@ img2dataset settings and their defaults. Its steps, one module each:
 - ``local``: ``--local-corpus``, the same run fed from files on disk;
 - ``spark``: ``--distributor pyspark``'s session (local[N] or ``--spark-master``);
 - ``summary``: outcome per reason and per class, as a table and JSON;
+- ``safety`` / ``safety_classifier``: ``--safety``, off by default -- LAION's
+  punsafe/NSFW columns filtered before the fetch, or a packaged image scorer
+  (``register_scorer``) whose unsafe images are taken out of the shards;
 - ``loopback``: a corpus served on loopback as "the web" (the demo).
 """
 from __future__ import annotations

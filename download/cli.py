@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from download.options import DISTRIBUTORS, RESIZE_MODES
+from download.options import DISTRIBUTORS, RESIZE_MODES, SAFETY_MODES
 from download.options import DownloadOptions as O
 
 
@@ -36,7 +36,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_img2dataset_args(p.add_argument_group("img2dataset"))
     p.add_argument("--warn-below", type=float, default=O.warn_below,
                    help=f"warn for a class that keeps less than this fraction of its images (default: {O.warn_below})")
+    _add_safety_args(p.add_argument_group("safety filter (off by default; docs/download.md)"))
     p.set_defaults(func=run_download)
+
+
+def _add_safety_args(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--safety", choices=SAFETY_MODES, default=O.safety,
+                   help="drop unsafe images before training: 'metadata' reads the subset's punsafe/NSFW columns "
+                        "(LAION's) and never fetches a dropped row; 'classifier' scores the downloaded images "
+                        "(NudeNet's ONNX detector, `pip install 'react-clip[safety]'`) and takes the dropped ones "
+                        "out of the shards. Dropped rows are listed in SHARDS_DIR/safety_dropped.parquet "
+                        f"(default: {O.safety})")
+    g.add_argument("--max-punsafe", type=float, default=O.max_punsafe, metavar="P",
+                   help="drop a row whose probability of being unsafe (punsafe, or the classifier's score) is "
+                        f"above P; the NSFW label NSFW is always dropped (default: {O.max_punsafe:g})")
+    g.add_argument("--safety-strict", action="store_true", default=O.safety_strict,
+                   help="with --safety metadata: also drop rows labelled UNSURE and rows neither column scores")
+    g.add_argument("--safety-scorer", default=O.safety_scorer, metavar="NAME",
+                   help="with --safety classifier: the image scorer, a registered name or MODULE:FACTORY "
+                        f"(default: {O.safety_scorer})")
 
 
 def _add_img2dataset_args(g: argparse._ArgumentGroup) -> None:
@@ -80,7 +98,8 @@ def run_download(args: argparse.Namespace) -> int:
         retries=args.retries, processes=args.processes, threads=args.threads, distributor=args.distributor,
         spark_master=args.spark_master,
         user_agent_token=args.user_agent_token, disallowed_header_directives=tuple(args.opt_out_directives),
-        warn_below=args.warn_below)
+        warn_below=args.warn_below, safety=args.safety, max_punsafe=args.max_punsafe,
+        safety_strict=args.safety_strict, safety_scorer=args.safety_scorer)
     download_subset(args.subset, args.out, local_corpus=args.local_corpus, resume=args.resume,
                     retry_failed=args.retry_failed, overwrite=args.overwrite, options=opts)
     print(args.out)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from react.errors import ReactError
-from react.schemas import SHARD_KEPT_COLUMNS, SHARD_SUBSET_KEY, check_pairs, read_parquet
+from react.schemas import SAFETY_COLUMNS, SHARD_KEPT_COLUMNS, SHARD_SUBSET_KEY, check_pairs, read_parquet
 
 # columns img2dataset writes itself; a subset column of the same name cannot be kept
 RESERVED = ("caption", "url", "width", "height", "original_width", "original_height", "status",
@@ -23,6 +23,7 @@ class Subset:
     kept: list[str]          # the table's columns that land in every sample's .json (subset_key first)
     digest: str              # of the table's rows
     image_paths: list | None  # the input's ``image_path`` column, if any (for --local-corpus)
+    safety: pa.Table | None = None  # the input's SAFETY_COLUMNS (those present), row-aligned; None: neither
 
     @property
     def rows(self) -> int:
@@ -78,7 +79,9 @@ def read_subset(path: str | Path, keep: tuple[str, ...] | None = None) -> Subset
     columns["url"] = pa.array([u.strip() for u in urls], pa.string())
     table = pa.table(columns)
     image_paths = raw.column("image_path").to_pylist() if "image_path" in raw.column_names else None
-    return Subset(path, table, [SHARD_SUBSET_KEY, *kept_columns], table_digest(table), image_paths)
+    present = [c for c in SAFETY_COLUMNS if c in raw.column_names]
+    safety = raw.select(present).combine_chunks() if present else None
+    return Subset(path, table, [SHARD_SUBSET_KEY, *kept_columns], table_digest(table), image_paths, safety)
 
 
 def _kept(raw: pa.Table, keep: tuple[str, ...] | None, path: Path) -> list[str]:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from react.errors import ReactError
 
 DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
+SAFETY_MODES = ("off", "metadata", "classifier")
 RESIZE_MODES = ("keep_ratio", "keep_ratio_largest", "center_crop", "border", "no")
 # img2dataset's own default: X-Robots-Tag directives that opt an image out.
 OPT_OUT_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
@@ -43,6 +44,11 @@ class DownloadOptions:
     user_agent_token: str = "img2dataset"
     disallowed_header_directives: tuple[str, ...] = field(default=OPT_OUT_DIRECTIVES)
     warn_below: float = 0.5             # warn for a class keeping less than this fraction
+    # the safety filter (download/safety.py); part of the layout: the shards hold what it let through
+    safety: str = "off"                 # off | metadata (punsafe/NSFW columns) | classifier (scores the images)
+    max_punsafe: float = 0.5            # drop a row whose probability of being unsafe is above this
+    safety_strict: bool = False         # metadata: also drop NSFW=UNSURE and rows with no score
+    safety_scorer: str = "nudenet"      # classifier: a registered scorer or MODULE:FACTORY
 
     def validate(self) -> None:
         positive = {"--image-size": self.image_size, "--shard-size": self.shard_size, "--threads": self.threads,
@@ -58,6 +64,12 @@ class DownloadOptions:
             raise ReactError(f"--retries must be >= 0, got {self.retries}")
         if not 0 <= self.warn_below <= 1:
             raise ReactError(f"--warn-below must be in [0, 1], got {self.warn_below}")
+        if self.safety not in SAFETY_MODES:
+            raise ReactError(f"--safety must be one of {', '.join(SAFETY_MODES)}, got {self.safety!r}")
+        if not 0 <= self.max_punsafe <= 1:
+            raise ReactError(f"--max-punsafe must be in [0, 1], got {self.max_punsafe}")
+        if self.safety_strict and self.safety != "metadata":
+            raise ReactError(f"--safety-strict needs --safety metadata (got --safety {self.safety})")
         if self.resize_mode not in RESIZE_MODES:
             raise ReactError(f"--resize-mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
         if self.distributor not in DISTRIBUTORS:
@@ -78,7 +90,20 @@ class DownloadOptions:
         """The settings every shard of one download shares."""
         return {"image_size": self.image_size, "resize_mode": self.resize_mode,
                 "resize_only_if_bigger": self.resize_only_if_bigger, "encode_quality": self.encode_quality,
-                "encode_format": "jpg", "shard_size": self.shard_size, "kept_columns": list(kept)}
+                "encode_format": "jpg", "shard_size": self.shard_size, "kept_columns": list(kept),
+                "safety": self.safety_layout()}
+
+    def safety_layout(self) -> dict | None:
+        """The safety settings the shards were filtered with; None when off (as a
+        manifest written before the filter existed reads)."""
+        if self.safety == "off":
+            return None
+        out = {"mode": self.safety, "max_punsafe": self.max_punsafe}
+        if self.safety == "metadata":
+            out["strict"] = self.safety_strict
+        else:
+            out["scorer"] = self.safety_scorer
+        return out
 
     def record(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

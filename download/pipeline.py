@@ -9,11 +9,12 @@ import pyarrow.compute as pc
 
 from react.errors import ReactError
 from react.progress import console, progress
-from react.schemas import SHARD_SUBSET_KEY
+from react.schemas import SAFETY_DROPPED_FILE, SAFETY_DROPPED_STATUS, SHARD_SUBSET_KEY
 
 from download.inputs import Subset, read_subset
 from download.options import DownloadOptions
 from download.runner import Round, run_round
+from download.safety import metadata_drops, print_safety, report, without, write_record
 from download.shardsdir import ShardsDir
 from download.summary import print_summary, summarize
 
@@ -35,6 +36,17 @@ def download_subset(subset: str | Path, out: str | Path, *, local_corpus: str | 
         raise ReactError("--overwrite starts again; it cannot be combined with --resume or --retry-failed")
     started = time.time()
     sub = read_subset(subset, opts.keep)
+    full, scorer, metadata_dropped = sub.table, None, []
+    if opts.safety == "metadata":  # before img2dataset: a dropped row is never fetched
+        metadata_dropped = metadata_drops(sub, opts)
+        sub = without(sub, {d.key for d in metadata_dropped})
+        if sub.rows == 0:
+            raise ReactError(f"--safety metadata drops every row of {subset} (--max-punsafe {opts.max_punsafe:g}); "
+                             "nothing to download")
+    elif opts.safety == "classifier":  # a missing extra fails here, before any download
+        from download.safety_classifier import load_scorer
+
+        scorer = load_scorer(opts.safety_scorer)
     local = None
     if local_corpus is not None:
         from download.local import LocalCorpus
@@ -52,13 +64,42 @@ def download_subset(subset: str | Path, out: str | Path, *, local_corpus: str | 
     if retry_failed:
         _retry_round(folder, sub.table, inputs, opts, verb)
 
+    if scorer is not None:
+        from download.safety_classifier import classify_shards
+
+        classify_shards(folder, scorer, opts.safety_scorer, opts.max_punsafe)
     attempts = folder.attempts([SHARD_SUBSET_KEY])
-    summary = summarize(sub.table, attempts, opts.warn_below, {
+    kept, attempts, safety = _safety(opts, full, sub, folder, attempts, metadata_dropped)
+    summary = summarize(kept, attempts, opts.warn_below, {
         "shards": len(folder.shards), "rounds": len(folder.rounds), "seconds": round(time.time() - started, 1),
         "local_corpus": str(local_corpus) if local_corpus else None, "warn_below": opts.warn_below})
+    summary["safety"] = safety
     folder.finish(summary, opts.record())
     print_summary(summary, str(out))
+    print_safety(safety)
     return summary
+
+
+def _safety(opts: DownloadOptions, full: pa.Table, sub: Subset, folder: ShardsDir, attempts: pa.Table,
+            metadata_dropped: list) -> tuple[pa.Table, pa.Table, dict]:
+    """The subset rows and attempts the summary counts (those the filter kept),
+    the summary's ``safety`` block, and -- filter on -- its record in the folder."""
+    if opts.safety == "off":
+        (folder.root / SAFETY_DROPPED_FILE).unlink(missing_ok=True)
+        return sub.table, attempts, report(opts, full, sub, [], [])
+    if opts.safety == "metadata":
+        checked, drops = full.column(SHARD_SUBSET_KEY).to_pylist(), metadata_dropped
+    else:
+        from download.safety_classifier import classifier_drops
+
+        checked, drops = classifier_drops(folder)
+    dropped = {d.key for d in drops}
+    kept = sub.table
+    if opts.safety == "classifier" and dropped:
+        kept = without(sub, dropped).table
+        attempts = attempts.filter(pc.not_equal(attempts.column("status"), SAFETY_DROPPED_STATUS))
+    write_record(folder.root / SAFETY_DROPPED_FILE, full, drops)
+    return kept, attempts, report(opts, full, sub, checked, drops)
 
 
 def _open_and_verify(out: Path, sub: Subset, opts: DownloadOptions, *, resume: bool, retry_failed: bool,
@@ -114,7 +155,9 @@ def _failed_rows(folder: ShardsDir, subset: pa.Table) -> pa.Table:
     """The rows whose latest attempt failed, in subset order, as img2dataset's input."""
     names = subset.column_names
     attempts = folder.attempts(names)
-    failed = attempts.filter(pc.not_equal(attempts.column("status"), "success")).select(names)
+    # a row the safety classifier dropped was downloaded: not a failure to retry
+    failed = attempts.filter(pc.invert(pc.is_in(attempts.column("status"),
+                                                pa.array(["success", SAFETY_DROPPED_STATUS])))).select(names)
     position = {k: i for i, k in enumerate(subset.column(SHARD_SUBSET_KEY).to_pylist())}
     keys = failed.column(SHARD_SUBSET_KEY).to_pylist()
     order = sorted(range(failed.num_rows), key=lambda i: position.get(keys[i], i))

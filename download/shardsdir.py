@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from react.errors import ReactError
-from react.schemas import DOWNLOAD_MANIFEST, SHARD_SIZES_FILE, umask_mode, write_text
+from react.schemas import DOWNLOAD_MANIFEST, SAFETY_DROPPED_FILE, SHARD_SIZES_FILE, umask_mode, write_text
 from react.shards import TarMember, scan_tar
 
 MANIFEST_FORMAT = 1
@@ -290,11 +290,11 @@ def _read_manifest(root: Path) -> dict | None:
 
 
 def clear(root: Path) -> None:
-    """What --overwrite removes: the shards, the manifest, sizes.json, staging;
+    """What --overwrite removes: the shards, the manifest, sizes.json, the safety record, staging;
     nothing else in the folder."""
     if not root.is_dir():
         return
     for p in root.iterdir():
-        if SHARD_FILE.match(p.name) or p.name in (DOWNLOAD_MANIFEST, SHARD_SIZES_FILE):
+        if SHARD_FILE.match(p.name) or p.name in (DOWNLOAD_MANIFEST, SHARD_SIZES_FILE, SAFETY_DROPPED_FILE):
             p.unlink()
     shutil.rmtree(root / WORK_DIR, ignore_errors=True)

@@ -91,9 +91,15 @@ SUBSET_SCHEMA = pa.schema(
 # ``queries`` list<string> (the prompts that found the pair, best first),
 # ``hits`` int32, ``duplicates`` int32 (near-duplicate images collapsed into
 # this row, itself included), ``row`` int64 (global index row), ``image_path``
-# where the corpus is local. The task report (spec, per-class statistics,
-# warnings) is JSON in the parquet's schema metadata under this key.
+# where the corpus is local, and the SAFETY_COLUMNS the corpus metadata has.
+# The task report (spec, per-class statistics, warnings) is JSON in the
+# parquet's schema metadata under this key.
 SUBSET_TASK_KEY = "react.task"
+# LAION's safety metadata, carried as it is from the corpus metadata into the
+# subset when the corpus has it: ``punsafe`` float (probability the image is
+# unsafe, from LAION's CLIP-based detector), ``NSFW`` string ("UNLIKELY",
+# "UNSURE", "NSFW"). ``react download --safety metadata`` filters on them.
+SAFETY_COLUMNS = ("punsafe", "NSFW")
 
 # --- shards -------------------------------------------------------------------
 # A shards folder (``react download``, img2dataset's webdataset output):
@@ -108,6 +114,12 @@ DOWNLOAD_MANIFEST = "download.json"
 # ``subset_key``; a subset without keys gets its row numbers.
 SHARD_KEPT_COLUMNS = ("key", "similarity", "classes")
 SHARD_SUBSET_KEY = "subset_key"
+# ``react download --safety``: a shard parquet row whose image the classifier
+# removed from the tar carries this status (img2dataset's are "success" and
+# "failed_to_*"); every row the filter dropped, and why, is listed in
+# SAFETY_DROPPED_FILE (subset_key, classes, url, caption, reason, score, label).
+SAFETY_DROPPED_STATUS = "dropped_unsafe"
+SAFETY_DROPPED_FILE = "safety_dropped.parquet"
 
 # --- eval results ---------------------------------------------------------------
 RESULT_KEYS = ("task", "model", "dataset", "metrics", "per_class")

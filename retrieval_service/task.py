@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from react.errors import ReactError
-from react.schemas import SUBSET_SCHEMA, SUBSET_TASK_KEY, write_parquet
+from react.schemas import SAFETY_COLUMNS, SUBSET_SCHEMA, SUBSET_TASK_KEY, write_parquet
 from retrieval_service.coverage import LOW_COVERAGE_RULE, ClassStats, alias_stats, class_stats
 from retrieval_service.dedup import NearDuplicates
 from retrieval_service.exclude import Exclusion
@@ -220,7 +220,7 @@ class TaskRetriever:
 
     def _table(self, merged, spec: TaskSpec, queries: list[str], groups: dict[int, int]) -> pa.Table:
         available = set(self.searcher.rowmeta.column_names)
-        cols = [c for c in ("key", "url", "caption", "image_path") if c in available]
+        cols = [c for c in ("key", "url", "caption", "image_path", *SAFETY_COLUMNS) if c in available]
         meta = self.searcher.metadata(merged.row, columns=cols)
         n = len(merged)
         url = meta.column("url") if "url" in cols else meta.column("image_path") if "image_path" in cols \
@@ -248,7 +248,23 @@ class TaskRetriever:
         table = table.append_column("row", pa.array(merged.row, pa.int64()))
         if "image_path" in cols:
             table = table.append_column("image_path", meta.column("image_path").cast(pa.string()))
+        for name in SAFETY_COLUMNS:  # as the corpus has them: react download --safety metadata reads them
+            if name in cols:
+                table = table.append_column(name, _safety_column(meta.column(name)))
         return table
+
+
+def _safety_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A corpus safety column for the subset: large_string (the index's) as
+    string, and a NaN score (pandas' missing value) as null -- the inline API
+    answer is JSON, which has no NaN."""
+    import pyarrow.compute as pc
+
+    if pa.types.is_large_string(column.type):
+        return column.cast(pa.string())
+    if pa.types.is_floating(column.type):
+        return pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+    return column
 
 
 def _ragged(offsets: np.ndarray, names: pa.Array, values: np.ndarray) -> pa.Array:
