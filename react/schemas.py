@@ -94,6 +94,12 @@ SUBSET_SCHEMA = pa.schema(
 # where the corpus is local. The task report (spec, per-class statistics,
 # warnings) is JSON in the parquet's schema metadata under this key.
 SUBSET_TASK_KEY = "react.task"
+# A top-up subset (``react retrieve --top-up SHARDS_DIR``) also carries, under
+# this key, JSON naming the download it extends: {"of": the digest download.json
+# records for SHARDS_DIR's subset, "shards_dir": path, "round": top-up number,
+# "short": {class: rows it was asked to replace}}. ``react download`` appends
+# such a subset to that SHARDS_DIR instead of refusing it as another subset.
+SUBSET_TOPUP_KEY = "react.topup"
 
 # --- shards -------------------------------------------------------------------
 # A shards folder (``react download``, img2dataset's webdataset output):
@@ -108,6 +114,9 @@ DOWNLOAD_MANIFEST = "download.json"
 # ``subset_key``; a subset without keys gets its row numbers.
 SHARD_KEPT_COLUMNS = ("key", "similarity", "classes")
 SHARD_SUBSET_KEY = "subset_key"
+# Per-query survival of a download (``queries`` x status), in full, next to
+# download.json when the task has more queries than the summary JSON lists.
+SHARD_QUERY_SURVIVAL_FILE = "per_query.parquet"
 
 # --- eval results ---------------------------------------------------------------
 RESULT_KEYS = ("task", "model", "dataset", "metrics", "per_class")
