@@ -193,11 +193,11 @@ class ShardsDir:
     @property
     def topups(self) -> list[dict]:
         """The top-up subsets appended so far: {path, rows, digest, round}."""
-        return self.manifest.setdefault("topups", [])
+        return self.manifest.get("topups", [])
 
     def add_topup(self, path: Path, rows: int, digest: str) -> None:
         """Record the round just added as the top-up of ``path``."""
-        self.topups.append({"path": str(path), "rows": rows, "digest": digest, "round": len(self.rounds) - 1})
+        self.manifest.setdefault("topups", []).append({"path": str(path), "rows": rows, "digest": digest, "round": len(self.rounds) - 1})
         self.save_manifest()
 
     # --- state -------------------------------------------------------------------------

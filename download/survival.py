@@ -86,17 +86,19 @@ def class_survival(subsets: list[Subset], ok_keys: set[str]) -> dict:
 
 
 def top_up_status(original: Subset, topups: list[Subset], ok_keys: set[str]) -> dict:
-    """Per class: the size first asked for (the original subset's pairs of that class), how many
-    pairs of it are downloaded now (original + top-ups) and how many it is still short."""
+    """Per class: the size first asked for (the original subset's pairs whose first class it is), how
+    many such pairs are downloaded now (original + top-ups) and how many it is still short. A pair
+    counts for its first class only (the class whose query scored it highest): the sizes add up to
+    the subset's, and a top-up retrieved with a larger k (whose pairs carry more classes) cannot
+    inflate them."""
     target, have = Counter(), Counter()
     for sub in (original, *topups):
         if "classes" not in sub.table.column_names:
             continue
         for key, classes in zip(sub.table.column(SHARD_SUBSET_KEY).to_pylist(), sub.table.column("classes").to_pylist()):
-            for c in classes or []:
-                if sub is original:
-                    target[c] += 1
-                have[c] += key in ok_keys
+            if classes:
+                target[classes[0]] += sub is original
+                have[classes[0]] += key in ok_keys
     per_class = {c: {"target": target[c], "downloaded": have[c], "short": max(0, target[c] - have[c])}
                  for c in sorted(target, key=lambda c: (-(target[c] - have[c]), c))}
     return {"rounds": len(topups), "short_classes": sum(1 for v in per_class.values() if v["short"]),

@@ -1,16 +1,17 @@
 """``react retrieve --top-up SHARDS_DIR``: the next-best pairs for what a download lost.
 
 Links rot (REACT's own ImageNet subset lost ~15 % within a year). A class's
-size is the number of pairs the original subset held for it; what it has now
-is how many of those -- and of the top-ups appended since -- were downloaded
-(react.shard_status). For the classes short of their size the same task is
-retrieved again with a larger k, only for those classes; the pairs any
-earlier subset of SHARDS_DIR requested are left out (so nothing is fetched
-twice), and per class the best ``short`` new pairs are kept, best similarity
-first. k grows (k + the largest shortfall, then doubling, up to the task
-limit) until every short class is filled or a larger k finds nothing new:
-then the corpus has no more for it at this task's settings, and the report
-says so per class.
+size is the number of pairs of the original subset whose first class (the
+class whose query scored the pair highest) it is; what it has now is how many
+such pairs -- of the original and of the top-ups appended since -- were
+downloaded (react.shard_status). When a class is short, the same task is
+retrieved again with a larger k (the whole task, so that a new pair's first
+class is the one it would have had); the pairs any earlier subset of
+SHARDS_DIR requested are left out (nothing is fetched twice), and per short
+class the best ``short`` new pairs of that first class are kept. k grows (k +
+the largest shortfall, then doubling, up to the task limit) until every short
+class is filled or a doubling brings it nothing new: then the corpus has no
+more for it at this task's settings, and the report says so per class.
 """
 from __future__ import annotations
 
@@ -46,13 +47,13 @@ def top_up(args: argparse.Namespace, classes: list[str], templates: list[str], d
         _write_json(args, state, rows, None)
         return 0
     retrieve = _retriever(args, templates, dedup)
-    chosen, report, k, exhausted = _search(retrieve, short, requested, max(args.k, int(spec["k"])))
-    found = Counter(c for row in chosen for c in row["classes"] if c in short)
+    chosen, report, k, exhausted = _search(retrieve, wanted.classes, short, requested, max(args.k, int(spec["k"])))
+    found = Counter(row["classes"][0] for row in chosen)
     for r in rows:
         if r["short"]:
-            r["new"] = min(found[r["class"]], r["short"])
+            r["new"] = found[r["class"]]
             r["still_short"] = r["short"] - r["new"]
-            r["corpus_exhausted"] = r["still_short"] > 0 and exhausted
+            r["corpus_exhausted"] = r["class"] in exhausted
     _print_plan(rows, k)
     if not chosen:
         console.print(f"the corpus has no pair for the {len(short)} short class(es) that {state.root} has not "
@@ -77,7 +78,10 @@ def _check_task(state: DownloadState, wanted) -> dict:
     if raw is None:
         raise ReactError(f"--top-up: {original} (the subset {state.root} was downloaded from) was not written by "
                          "react retrieve: no task to continue")
-    spec = json.loads(raw)["spec"]
+    try:
+        spec = json.loads(raw)["spec"]
+    except (ValueError, KeyError, TypeError):
+        raise ReactError(f"--top-up: the task report in {original} is unreadable") from None
     for name, ours in (("classes", wanted.classes), ("templates", wanted.templates), ("mode", wanted.mode)):
         if spec.get(name) != ours:
             raise ReactError(f"--top-up: {state.root} was retrieved for another task ({name} differ from "
@@ -96,40 +100,33 @@ def _accounting(state: DownloadState) -> tuple[set[str], Counter, Counter]:
                 raise ReactError(f"--top-up: {path} has rows {state.root} never attempted (changed since the "
                                  "download?); its summary does not describe it")
             requested.add(key)
-            for c in classes or []:
-                target[c] += i == 0
-                have[c] += state.status[key]
+            if classes:  # a pair counts for its first class only: the sizes add up to the subset's
+                target[classes[0]] += i == 0
+                have[classes[0]] += state.status[key]
     return requested, target, have
 
 
-def _search(retrieve: "_Retriever", short: dict[str, int], requested: set[str],
-            k: int) -> tuple[list[dict], dict, int, bool]:
-    """The best never-requested pairs per short class, k grown until enough or nothing new comes."""
+def _search(retrieve: "_Retriever", classes: list[str], short: dict[str, int], requested: set[str],
+            k: int) -> tuple[list[dict], dict, int, set[str]]:
+    """Per short class the best never-requested pairs whose first class (the class whose query
+    scored them highest) it is; k grows until each is filled or a doubling brings it nothing new.
+    Returns the pairs (best first), the last task report, the last k and the classes left short."""
     limit = Limits().max_k
     k = min(limit, k + max(short.values()))
-    previous = -1
+    before: dict[str, int] | None = None
     while True:
-        table, report = retrieve(list(short), k)
-        fresh = [r for r in table.to_pylist() if r["key"] not in requested]
-        chosen = _pick(fresh, short)
-        filled = all(sum(c in r["classes"] for r in chosen) >= n for c, n in short.items())
-        exhausted = len(fresh) == previous or k >= limit
-        if filled or exhausted:
-            return chosen, report, k, not filled
-        previous, k = len(fresh), min(limit, 2 * k)
-
-
-def _pick(fresh: list[dict], short: dict[str, int]) -> list[dict]:
-    """Best similarity first, a pair is taken while one of its classes still needs pairs."""
-    need = dict(short)
-    out = []
-    for row in sorted(fresh, key=lambda r: -r["similarity"]):
-        classes = [c for c in row["classes"] if c in need]
-        if any(need[c] > 0 for c in classes):
-            out.append(row)
-            for c in classes:
-                need[c] -= 1
-    return out
+        table, report = retrieve(classes, k)  # the whole task, so that a pair's first class is the true one
+        fresh: dict[str, list[dict]] = {c: [] for c in short}
+        for row in table.to_pylist():  # best similarity first
+            if row["key"] not in requested and row["classes"] and row["classes"][0] in fresh:
+                fresh[row["classes"][0]].append(row)
+        counts = {c: len(rows) for c, rows in fresh.items()}
+        unfilled = {c for c in short if counts[c] < short[c]}
+        stuck = {c for c in unfilled if k >= limit or (before is not None and counts[c] == before[c])}
+        if stuck == unfilled:
+            chosen = [row for c in short for row in fresh[c][: short[c]]]
+            return sorted(chosen, key=lambda r: -r["similarity"]), report, k, unfilled
+        before, k = counts, min(limit, 2 * k)
 
 
 class _Retriever:

@@ -188,7 +188,9 @@ def test_per_query_survival_on_a_hand_made_subset(world, tmp_path):
     assert [r["survival"] for r in per_query] == [0.5, pytest.approx(0.6667, abs=1e-4), 1.0]
     assert summary["survival"]["per_class"] == {"dog": {"requested": 2, "downloaded": 1, "survival": 0.5},
                                                 "cat": {"requested": 4, "downloaded": 3, "survival": 0.75}}
-    assert summary["top_up"]["per_class"]["cat"] == {"target": 4, "downloaded": 3, "short": 1}
+    # the size a class keeps counts each pair for its first class only: dog-1 is dog's
+    assert summary["top_up"]["per_class"] == {"cat": {"target": 3, "downloaded": 2, "short": 1},
+                                              "dog": {"target": 2, "downloaded": 1, "short": 1}}
 
 
 def _opts() -> DownloadOptions:
