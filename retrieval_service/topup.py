@@ -31,7 +31,6 @@ from react.shard_status import DownloadState, read_download_state
 from retrieval_service.spec import Limits, validate_spec
 
 
-
 def top_up(args: argparse.Namespace, classes: list[str], templates: list[str], dedup: float | None) -> int:
     state = read_download_state(args.top_up)
     wanted = validate_spec(classes, templates, args.k, args.mode, args.threshold, dedup)
