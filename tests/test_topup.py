@@ -163,10 +163,13 @@ def test_topup_loop_refills_every_class_and_never_asks_twice(world, tmp_path, ca
     assert summary["top_up"]["per_class"]["car"] == {"target": 3, "downloaded": 2, "short": 1}
     assert summary["top_up"]["per_class"]["dog"] == {"target": 3, "downloaded": 3, "short": 0}
     assert summary["requested"] == len(original) + 5
-    # Appending the same top-up again fetches nothing.
+    # Appending the same top-up again fetches nothing; resuming the original keeps the top-ups in the summary.
     with serve_corpus(corpus, fail_urls=gone) as web:
         assert run(["download", str(tmp_path / "topup-1.parquet"), "--out", str(shards), *FAST]) == 0
+        assert run(["download", str(subset), "--out", str(shards), "--resume", *FAST]) == 0
         assert web.served == 0 and web.not_found == 0
+    again = json.loads((shards / DOWNLOAD_MANIFEST).read_text())["summary"]
+    assert again["top_up"] == summary["top_up"] and again["requested"] == summary["requested"]
 
 
 def test_per_query_survival_on_a_hand_made_subset(world, tmp_path):
