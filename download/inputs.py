@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from react.errors import ReactError
-from react.schemas import SAFETY_COLUMNS, SHARD_KEPT_COLUMNS, SHARD_SUBSET_KEY, check_pairs, read_parquet
+from react.schemas import SAFETY_COLUMNS, SHARD_KEPT_COLUMNS, SHARD_SUBSET_KEY, SUBSET_TOPUP_KEY, check_pairs, read_parquet
 
 # columns img2dataset writes itself; a subset column of the same name cannot be kept
 RESERVED = ("caption", "url", "width", "height", "original_width", "original_height", "status",
@@ -24,6 +24,8 @@ class Subset:
     digest: str              # of the table's rows
     image_paths: list | None  # the input's ``image_path`` column, if any (for --local-corpus)
     safety: pa.Table | None = None  # the input's SAFETY_COLUMNS (those present), row-aligned; None: neither
+    queries: list | None = None  # the input's ``queries`` column, if any (per-query survival)
+    topup: dict | None = None    # SUBSET_TOPUP_KEY metadata: this subset extends another download
 
     @property
     def rows(self) -> int:
@@ -81,7 +83,25 @@ def read_subset(path: str | Path, keep: tuple[str, ...] | None = None) -> Subset
     image_paths = raw.column("image_path").to_pylist() if "image_path" in raw.column_names else None
     present = [c for c in SAFETY_COLUMNS if c in raw.column_names]
     safety = raw.select(present).combine_chunks() if present else None
-    return Subset(path, table, [SHARD_SUBSET_KEY, *kept_columns], table_digest(table), image_paths, safety)
+    queries = raw.column("queries").to_pylist() if "queries" in raw.column_names else None
+    return Subset(path, table, [SHARD_SUBSET_KEY, *kept_columns], table_digest(table), image_paths, safety, queries,
+                  _topup(raw, path))
+
+
+def _topup(raw: pa.Table, path: Path) -> dict | None:
+    """The top-up record a ``react retrieve --top-up`` subset carries, if any."""
+    import json
+
+    text = (raw.schema.metadata or {}).get(SUBSET_TOPUP_KEY.encode())
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("of"), str):
+        raise ReactError(f"{path}: its {SUBSET_TOPUP_KEY} metadata is not a top-up record")
+    return record
 
 
 def _kept(raw: pa.Table, keep: tuple[str, ...] | None, path: Path) -> list[str]:

@@ -16,7 +16,7 @@ import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyarrow.parquet as pq
 
@@ -26,8 +26,22 @@ PROXY_VARS = ("http_proxy", "HTTP_PROXY")
 NO_PROXY_VARS = ("no_proxy", "NO_PROXY")
 
 
+def rotten(url: str, fraction: float) -> bool:
+    """Whether ``url`` is among the deterministic ``fraction`` of urls a rotting web 404s
+    (by a hash of the url: the same urls on every run, independent of order)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(url.encode()).digest()[:8], "big") < fraction * 2**64
+
+
 class CorpusWeb:
-    def __init__(self, corpus: Path, parts: tuple[str, ...] = ("retrieval",)) -> None:
+    """``fail_fraction`` / ``fail_urls``: link rot on request -- those urls answer 404
+    (``rotten``); by default every url the corpus maps is served."""
+
+    def __init__(self, corpus: Path, parts: tuple[str, ...] = ("retrieval",), fail_fraction: float = 0.0,
+                 fail_urls: Iterable[str] = ()) -> None:
+        if not 0.0 <= fail_fraction <= 1.0:
+            raise ReactError(f"fail_fraction must lie in [0, 1], got {fail_fraction}")
         self.files: dict[str, Path] = {}
         for part in parts:
             path = Path(corpus) / f"{part}.parquet"
@@ -37,6 +51,10 @@ class CorpusWeb:
             for url, rel in zip(t.column("url").to_pylist(), t.column("image_path").to_pylist()):
                 if url and rel:
                     self.files[url] = Path(corpus) / rel
+        fail = set(fail_urls)
+        self.rotten = {u for u in self.files if u in fail or (fail_fraction and rotten(u, fail_fraction))}
+        for url in self.rotten:
+            del self.files[url]
         self.served = 0
         self.not_found = 0
         web = self
@@ -83,10 +101,11 @@ class CorpusWeb:
 
 
 @contextmanager
-def serve_corpus(corpus: Path, parts: tuple[str, ...] = ("retrieval",)) -> Iterator[CorpusWeb]:
+def serve_corpus(corpus: Path, parts: tuple[str, ...] = ("retrieval",), fail_fraction: float = 0.0,
+                 fail_urls: Iterable[str] = ()) -> Iterator[CorpusWeb]:
     """Serve ``corpus``' images on loopback and route http:// requests of this
-    process and its children there for the duration of the block."""
-    with CorpusWeb(corpus, parts) as web:
+    process and its children there for the duration of the block (``fail_*``: see CorpusWeb)."""
+    with CorpusWeb(corpus, parts, fail_fraction, fail_urls) as web:
         saved = {k: os.environ.get(k) for k in (*PROXY_VARS, *NO_PROXY_VARS)}
         os.environ.update({k: web.url for k in PROXY_VARS})
         os.environ.update({k: "" for k in NO_PROXY_VARS})

@@ -112,7 +112,8 @@ def without(sub: Subset, keys: set[str]) -> Subset:
     index = pa.array(keep, pa.int64())
     return replace(sub, table=sub.table.take(index),
                    image_paths=[sub.image_paths[i] for i in keep] if sub.image_paths else sub.image_paths,
-                   safety=sub.safety.take(index) if sub.safety is not None else None)
+                   safety=sub.safety.take(index) if sub.safety is not None else None,
+                   queries=[sub.queries[i] for i in keep] if sub.queries else sub.queries)
 
 
 def scored_rows(sub: Subset) -> int:

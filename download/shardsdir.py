@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from react.errors import ReactError
-from react.schemas import DOWNLOAD_MANIFEST, SAFETY_DROPPED_FILE, SHARD_SIZES_FILE, umask_mode, write_text
+from react.schemas import DOWNLOAD_MANIFEST, SAFETY_DROPPED_FILE, SHARD_QUERY_SURVIVAL_FILE, SHARD_SIZES_FILE, umask_mode, write_text
 from react.shards import TarMember, scan_tar
 
 MANIFEST_FORMAT = 1
@@ -170,6 +170,36 @@ class ShardsDir:
         folder.save_manifest()
         return folder
 
+    @classmethod
+    def open_topup(cls, root: Path, subset_path: Path, topup: dict, layout: dict) -> "ShardsDir":
+        """The finished download a top-up subset (``react retrieve --top-up``) extends."""
+        root = Path(root)
+        manifest = _read_manifest(root) if root.is_dir() else None
+        if manifest is None:
+            raise ReactError(f"{subset_path} is a top-up subset; {root} holds no download for it to extend")
+        if manifest.get("input", {}).get("digest") != topup["of"]:
+            raise ReactError(f"{subset_path} tops up another download, not the one in {root} "
+                             f"({manifest.get('input', {}).get('path')})")
+        if not manifest.get("complete"):
+            raise ReactError(f"{root} holds an unfinished download; finish it (react download "
+                             f"{manifest['input'].get('path')} --out {root} --resume) before a top-up")
+        changed = [k for k, v in layout.items() if manifest.get("layout", {}).get(k) != v]
+        if changed:
+            raise ReactError(f"{root} was written with other settings ({', '.join(changed)}); "
+                             "pass the same ones to download its top-up")
+        shutil.rmtree(root / WORK_DIR, ignore_errors=True)
+        return cls(root, manifest)
+
+    @property
+    def topups(self) -> list[dict]:
+        """The top-up subsets appended so far: {path, rows, digest, round}."""
+        return self.manifest.get("topups", [])
+
+    def add_topup(self, path: Path, rows: int, digest: str) -> None:
+        """Record the round just added as the top-up of ``path``."""
+        self.manifest.setdefault("topups", []).append({"path": str(path), "rows": rows, "digest": digest, "round": len(self.rounds) - 1})
+        self.save_manifest()
+
     # --- state -------------------------------------------------------------------------
     @property
     def rounds(self) -> list[dict]:
@@ -210,6 +240,8 @@ class ShardsDir:
                     _remove_shard(self.root, s)
                     self.shards.pop(s, None)
             del self.rounds[cut:]
+            if self.manifest.get("topups"):  # a top-up whose round went is no longer appended
+                self.manifest["topups"] = [t for t in self.manifest["topups"] if t["round"] < cut]
             self.save_manifest()
         return todo
 
@@ -295,6 +327,7 @@ def clear(root: Path) -> None:
     if not root.is_dir():
         return
     for p in root.iterdir():
-        if SHARD_FILE.match(p.name) or p.name in (DOWNLOAD_MANIFEST, SHARD_SIZES_FILE, SAFETY_DROPPED_FILE):
+        if SHARD_FILE.match(p.name) or p.name in (DOWNLOAD_MANIFEST, SHARD_SIZES_FILE, SAFETY_DROPPED_FILE,
+                                                              SHARD_QUERY_SURVIVAL_FILE):
             p.unlink()
     shutil.rmtree(root / WORK_DIR, ignore_errors=True)

@@ -100,6 +100,12 @@ SUBSET_TASK_KEY = "react.task"
 # unsafe, from LAION's CLIP-based detector), ``NSFW`` string ("UNLIKELY",
 # "UNSURE", "NSFW"). ``react download --safety metadata`` filters on them.
 SAFETY_COLUMNS = ("punsafe", "NSFW")
+# A top-up subset (``react retrieve --top-up SHARDS_DIR``) also carries, under
+# this key, JSON naming the download it extends: {"of": the digest download.json
+# records for SHARDS_DIR's subset, "shards_dir": path, "round": top-up number,
+# "short": {class: rows it was asked to replace}}. ``react download`` appends
+# such a subset to that SHARDS_DIR instead of refusing it as another subset.
+SUBSET_TOPUP_KEY = "react.topup"
 
 # --- shards -------------------------------------------------------------------
 # A shards folder (``react download``, img2dataset's webdataset output):
@@ -120,6 +126,9 @@ SHARD_SUBSET_KEY = "subset_key"
 # SAFETY_DROPPED_FILE (subset_key, classes, url, caption, reason, score, label).
 SAFETY_DROPPED_STATUS = "dropped_unsafe"
 SAFETY_DROPPED_FILE = "safety_dropped.parquet"
+# Per-query survival of a download (``queries`` x status), in full, next to
+# download.json when the task has more queries than the summary JSON lists.
+SHARD_QUERY_SURVIVAL_FILE = "per_query.parquet"
 
 # --- eval results ---------------------------------------------------------------
 RESULT_KEYS = ("task", "model", "dataset", "metrics", "per_class")

@@ -119,6 +119,12 @@ def _add_retrieve(sub: argparse._SubParsersAction) -> None:
     ret.add_argument("--api-key-file", type=Path, default=None, metavar="FILE", help="with --server: the key to send")
     ret.add_argument("--model", default=None, help="with --index: the model, if not the one index.json records")
     ret.add_argument("--json", type=Path, default=None, metavar="REPORT.json", help="also write the task report")
+    ret.add_argument("--top-up", type=Path, default=None, metavar="SHARDS_DIR",
+                     help="replace what a finished `react download` into SHARDS_DIR failed to fetch: count per class "
+                          "the pairs it is short of its first requested size, retrieve the same task (the same "
+                          "arguments) with a larger k, and write to --out the best never-requested pairs per short "
+                          "class (a top-up subset; `react download TOPUP.parquet --out SHARDS_DIR` appends it). "
+                          "Repeat until no class is short or the corpus has no more")
     ret.set_defaults(func=_retrieve)
 
 

@@ -56,6 +56,10 @@ def retrieve(args: argparse.Namespace) -> int:
     dedup = None if args.no_dedup else args.dedup_threshold
     if args.out.suffix != ".parquet":
         raise ReactError(f"--out must name a .parquet file, got {args.out}")
+    if getattr(args, "top_up", None) is not None:
+        from retrieval_service.topup import top_up
+
+        return top_up(args, classes, templates, dedup)
     if args.server:
         report = _via_server(args, classes, templates, dedup)
     else:
@@ -115,11 +119,7 @@ def _via_server(args, classes, templates, dedup) -> dict:
 
     key = next(iter(read_api_keys(args.api_key_file)), None) if args.api_key_file else None
     client = ServiceClient(args.server, key)
-    request = {"classes": classes.names, "aliases": classes.aliases, "per_class": args.per_class,
-               "templates": templates, "k": args.k, "mode": args.mode, "index": args.index_name,
-               "threshold": args.threshold, "dedup_threshold": dedup, "include_queries": not args.no_queries,
-               "exclude": [str(x) for x in args.exclude], "exclude_threshold": args.exclude_threshold}
-    job = client.submit(request)
+    job = client.submit(server_request(args, classes, templates, dedup, args.k))
     with progress() as bar:
         task = bar.add_task("queued", total=max(1, job.get("total") or 1), unit="query")
 
@@ -130,6 +130,14 @@ def _via_server(args, classes, templates, dedup) -> dict:
         info = client.wait(job["id"], show)
     client.download(job["id"], args.out)
     return info["report"]
+
+
+def server_request(args: argparse.Namespace, classes: ClassesFile, templates: list[str], dedup: float | None,
+                   k: int) -> dict:
+    """The /v1/retrieve body for this command's task."""
+    return {"classes": classes.names, "aliases": classes.aliases, "per_class": args.per_class, "templates": templates, "k": k, "mode": args.mode, "index": args.index_name,
+            "threshold": args.threshold, "dedup_threshold": dedup, "include_queries": not args.no_queries,
+            "exclude": [str(x) for x in args.exclude], "exclude_threshold": args.exclude_threshold}
 
 
 def print_report(report: dict) -> None:
