@@ -106,6 +106,21 @@ def _via_server(args, classes, templates, dedup) -> dict:
     return info["report"]
 
 
+def _count(s: dict) -> str:
+    """A class's estimated pairs above the count's similarity ('>=' marks a lower bound)."""
+    if s.get("pairs_above") is None:
+        return "-"
+    return (">=" if s.get("pairs_above_lower_bound") else "") + f"{s['pairs_above']:,}"
+
+
+def _flags(s: dict) -> str:
+    flags = ["[red]LOW[/]"] if s["low_coverage"] else []
+    flags += ["[red]NOT COVERED[/]"] if s.get("not_covered") else []
+    flags += ["[yellow]FEW[/]"] if s.get("almost_nothing") else []
+    flags += ["[yellow]k![/]"] if s.get("k_too_small") else []
+    return " ".join(flags)
+
+
 def print_report(report: dict) -> None:
     from rich.table import Table
 
@@ -114,15 +129,21 @@ def print_report(report: dict) -> None:
                         f"{summary['mode']}: {summary['rows']} pairs")
     decontaminated = bool(summary.get("exclude"))
     for col in ("class", "hits", "uniq", "excl", *(("dropped",) if decontaminated else ()),
-                "cover", "p10", "p50", "p90", "max", "flag"):
+                "cover", "p10", "p50", "p90", "max", "pairs>=cut", "flag"):
         table.add_column(col, justify="left" if col in ("class", "flag") else "right")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for s in report["classes"]:
         dropped = (str(s.get("excluded", 0)),) if decontaminated else ()
         table.add_row(s["name"], str(s["hits"]), str(s["unique"]), str(s["exclusive"]), *dropped,
                       fmt(s["coverage"]), fmt(s["p10"]), fmt(s["p50"]), fmt(s["p90"]), fmt(s["max"]),
-                      "[red]LOW[/]" if s["low_coverage"] else "")
+                      _count(s), _flags(s))
     console.print(table)
+    if summary.get("coverage_cut") is not None:
+        similarity = ", ".join(f"{m} {v:.3f}" for m, v in (summary.get("count_similarity") or {}).items())
+        console.print(f"absolute coverage cut {summary['coverage_cut']:.3f} (calibrated on the index); pairs>=cut "
+                      f"counted at similarity {similarity} by {summary.get('count_method')}; LOW: relative to the "
+                      f"task's median, NOT COVERED: below the cut, FEW: under 10 pairs, k!: k is too small",
+                      highlight=False)
     if decontaminated:
         console.print(f"decontamination: {summary['excluded']} retrieved pairs dropped as copies of "
                       f"{summary['excluded_images']} images of {', '.join(summary['exclude'])} "
