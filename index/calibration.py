@@ -138,7 +138,10 @@ def load_calibration(searcher, modality: str) -> dict | None:
             except (OSError, json.JSONDecodeError):
                 found = None
         if found is None or found.get("version") != VERSION:
-            found = calibrate_searcher(searcher, modality)
+            try:
+                found = calibrate_searcher(searcher, modality)
+            except ReactError:  # e.g. a re-ranking index whose embedding folder moved: no absolute rule
+                found = None
             if found is not None:
                 _save_side(side, modality, found)
         cache[modality] = found
