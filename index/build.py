@@ -253,7 +253,24 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, *, modality:
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "indices": entries}
         (tmp / INDEX_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
+        _calibrate_into(tmp, manifest)
     return manifest
+
+
+def _calibrate_into(tmp: Path, manifest: dict) -> None:
+    """Measure what similarities mean on the finished index (index.calibration) and store it in index.json."""
+    from index.calibration import calibrate_searcher
+    from index.searcher import Searcher
+
+    searcher = Searcher(tmp)
+    with console.status("calibrating similarities (covered queries, random pairs)"):
+        for mod in manifest["indices"]:
+            found = calibrate_searcher(searcher, mod)
+            if found is not None:
+                manifest["indices"][mod]["calibration"] = found
+                console.print(f"  {mod}: {found['direction']} coverage cut {found['cut']:.3f} "
+                              f"({found['cut_quantile']:g} quantile of covered queries' {found['top_n']} best)")
+    (tmp / INDEX_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _build_modality(folder: EmbeddingFolder, mod: str, qs: QuerySet, cands: list[Candidate], tmp: Path, out: Path,

@@ -202,6 +202,14 @@ class Searcher:
             scores = 1.0 - scores / 2.0
         return scores, rows
 
+    def calibration(self, modality: str) -> dict | None:
+        """What similarities mean on this modality index (index.calibration): stored, or computed once."""
+        from index.calibration import load_calibration
+
+        if modality not in self.modalities:
+            raise ReactError(f"index {self.root} has no {modality} index (it has {', '.join(self.modalities)})")
+        return load_calibration(self, modality)
+
     def metadata(self, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         return self.rowmeta.take(rows[rows >= 0], columns)

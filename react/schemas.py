@@ -59,6 +59,9 @@ def metadata_path(root: Path, part: int) -> Path:
 # memory-mappable Arrow IPC file (global row order), and -- only when the build
 # skipped bad rows -- the faiss id -> global row map.
 INDEX_JSON = "index.json"
+# Similarity calibration of an index folder that lacks it in index.json (built before it existed, or a
+# clip-retrieval folder): computed on first load and kept beside the index (index.calibration).
+INDEX_CALIBRATION = "calibration.json"
 INDEX_METADATA = "metadata.arrow"
 INDEX_FORMAT = 1
 

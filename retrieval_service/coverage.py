@@ -26,6 +26,15 @@ A class's aliases (``screwdriver|screw driver|turnscrew``) get a row each
 score. An alias is flagged **weak** when it found nothing or its coverage
 lies more than ``margin`` below its class name's own: it retrieves something
 else than the class (a homonym, a misspelling).
+
+That rule is relative: a task the corpus covers nowhere passes it. The
+**absolute** rule (``ABSOLUTE_RULE``) compares the same coverage score with
+the index's own calibration (index.calibration): a class is **not covered**
+when its score lies below the cut -- the 2.5 % quantile of the same
+statistic for the corpus's own captions used as queries. With mode ``both``
+the higher of the two directions' cuts applies. The table carries both flags,
+and beside them how many pairs lie above the count's similarity
+(retrieval_service.abundance).
 """
 from __future__ import annotations
 
@@ -36,11 +45,14 @@ import numpy as np
 from retrieval_service.merge import Hits, Merged
 from retrieval_service.spec import DEFAULT_MARGIN
 
-TOP_N = 10
+TOP_N = 10  # the same as index.calibration.TOP_N: the cut is calibrated on this statistic
 SPREAD_FACTOR = 3.0
 LOW_COVERAGE_RULE = (f"coverage = mean similarity of a class's {TOP_N} best unique pairs; flagged when it lies more "
                      f"than max({SPREAD_FACTOR:g} x 1.4826 x MAD, margin) below the task median, or the class "
                      "retrieved nothing")
+ABSOLUTE_RULE = (f"not covered = the mean similarity of a class's {TOP_N} best unique pairs lies below the index's "
+                 f"calibrated cut: the 2.5 % quantile of that statistic for the corpus's own captions used as queries "
+                 f"(own pair left out), measured per index (t2i, t2t) when it is built or first loaded")
 
 
 @dataclass
@@ -59,6 +71,11 @@ class ClassStats:
     excluded: int = 0  # pairs dropped as (near-copies of) evaluation images (retrieval_service.exclude)
     cut: int = 0       # pairs beyond the per-class quota (retrieval_service.quota)
     aliases: list[dict] = field(default_factory=list)  # one entry per alias: alias_stats
+    not_covered: bool | None = None        # the absolute rule; None: the index has no calibration
+    pairs_above: int | None = None         # corpus pairs >= the count's similarity (retrieval_service.abundance)
+    pairs_above_lower_bound: bool = False  # counted from the top-k tail with the k-th hit still above the cut
+    k_too_small: bool = False              # a query of the class has more than k pairs above the cut
+    almost_nothing: bool = False           # fewer than abundance.ALMOST_NOTHING pairs above the cut
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -143,3 +160,28 @@ def alias_stats(hits: Hits, names: list[tuple[str, int]], n_templates: int, raw_
             warnings.append(f"alias {alias!r} of class {stats[c].name!r} is weak: its best pairs score "
                             f"{cover[g]:.3f}, the class name's {own:.3f}; it may retrieve something else")
     return warnings
+
+
+def flag_not_covered(stats: list[ClassStats], cut: float | None) -> list[str]:
+    """Set ``not_covered`` per ``ABSOLUTE_RULE`` (left None without a cut); one warning line per flagged class."""
+    warnings: list[str] = []
+    if cut is None:
+        return warnings
+    for s in stats:
+        s.not_covered = s.coverage is None or s.coverage < cut
+        if s.not_covered and s.coverage is not None:
+            warnings.append(f"class {s.name!r} is not covered by this corpus: its best pairs score "
+                            f"{s.coverage:.3f}, below the index's calibrated cut {cut:.3f}")
+    return warnings
+
+
+def count_warnings(stats: list[ClassStats], similarity: float) -> list[str]:
+    """A line per class the corpus has (almost) nothing for, and one naming the classes k is too small for."""
+    out = [f"class {s.name!r}: the corpus holds only {s.pairs_above} pairs at similarity >= {similarity:.3f}"
+           for s in stats if s.pairs_above is not None and s.almost_nothing]
+    short = [s.name for s in stats if s.k_too_small]
+    if short:
+        named = ", ".join(repr(n) for n in short[:5]) + (f" and {len(short) - 5} more" if len(short) > 5 else "")
+        out.append(f"k is too small for {len(short)} class(es) ({named}): more pairs than k lie at similarity "
+                   f">= {similarity:.3f}")
+    return out

@@ -140,6 +140,21 @@ def server_request(args: argparse.Namespace, classes: ClassesFile, templates: li
             "exclude": [str(x) for x in args.exclude], "exclude_threshold": args.exclude_threshold}
 
 
+def _count(s: dict) -> str:
+    """A class's estimated pairs above the count's similarity ('>=' marks a lower bound)."""
+    if s.get("pairs_above") is None:
+        return "-"
+    return (">=" if s.get("pairs_above_lower_bound") else "") + f"{s['pairs_above']:,}"
+
+
+def _flags(s: dict) -> str:
+    flags = ["[red]LOW[/]"] if s["low_coverage"] else []
+    flags += ["[red]NOT COVERED[/]"] if s.get("not_covered") else []
+    flags += ["[yellow]FEW[/]"] if s.get("almost_nothing") else []
+    flags += ["[yellow]k![/]"] if s.get("k_too_small") else []
+    return " ".join(flags)
+
+
 def print_report(report: dict) -> None:
     """The coverage table: a row per class, an indented ``= alias`` row per alias (its excl: pairs no
     other name of its class found; WEAK: it scores well below its class name), a ``cut`` column under a
@@ -153,20 +168,26 @@ def print_report(report: dict) -> None:
                         + (f", at most {quota} per class" if quota else ""))
     decontaminated = bool(summary.get("exclude"))
     extra = (("dropped",) if decontaminated else ()) + (("cut",) if quota else ())
-    for col in ("class", "hits", "uniq", "excl", *extra, "cover", "p10", "p50", "p90", "max", "flag"):
+    for col in ("class", "hits", "uniq", "excl", *extra, "cover", "p10", "p50", "p90", "max", "pairs>=cut", "flag"):
         table.add_column(col, justify="left" if col in ("class", "flag") else "right")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for s in report["classes"]:
         more = ((str(s.get("excluded", 0)),) if decontaminated else ()) + ((str(s.get("cut", 0)),) if quota else ())
         table.add_row(s["name"], str(s["hits"]), str(s["unique"]), str(s["exclusive"]), *more,
                       fmt(s["coverage"]), fmt(s["p10"]), fmt(s["p50"]), fmt(s["p90"]), fmt(s["max"]),
-                      "[red]LOW[/]" if s["low_coverage"] else "")
+                      _count(s), _flags(s))
         for a in s.get("aliases", ()):
             # excl column: pairs only this alias found among its class's names
             table.add_row(f"  = {a['alias']}", str(a["hits"]), str(a["unique"]), str(a["only"]),
-                          *("" for _ in extra), fmt(a["coverage"]), "", "", "", "",
+                          *("" for _ in extra), fmt(a["coverage"]), "", "", "", "", "",
                           "[yellow]WEAK[/]" if a["weak"] else "", style="dim")
     console.print(table)
+    if summary.get("coverage_cut") is not None:
+        similarity = ", ".join(f"{m} {v:.3f}" for m, v in (summary.get("count_similarity") or {}).items())
+        console.print(f"absolute coverage cut {summary['coverage_cut']:.3f} (calibrated on the index); pairs>=cut "
+                      f"counted at similarity {similarity} by {summary.get('count_method')}; LOW: relative to the "
+                      f"task's median, NOT COVERED: below the cut, FEW: under 10 pairs, k!: k is too small",
+                      highlight=False)
     if decontaminated:
         console.print(f"decontamination: {summary['excluded']} retrieved pairs dropped as copies of "
                       f"{summary['excluded_images']} images of {', '.join(summary['exclude'])} "

@@ -27,7 +27,9 @@ import pyarrow as pa
 
 from react.errors import ReactError
 from react.schemas import SAFETY_COLUMNS, SUBSET_SCHEMA, SUBSET_TASK_KEY, write_parquet
-from retrieval_service.coverage import LOW_COVERAGE_RULE, ClassStats, alias_stats, class_stats
+from retrieval_service.abundance import Abundance
+from retrieval_service.coverage import (ABSOLUTE_RULE, LOW_COVERAGE_RULE, ClassStats, alias_stats, class_stats,
+                                        count_warnings, flag_not_covered)
 from retrieval_service.dedup import NearDuplicates
 from retrieval_service.exclude import Exclusion
 from retrieval_service.merge import Hits, collapse_rows, from_search, merge
@@ -49,10 +51,12 @@ class TaskResult:
     stats: list[ClassStats]
     warnings: list[str]
     summary: dict                 # counts and timings
+    calibration: dict | None = None  # per modality index searched: what its similarities mean (index.calibration)
 
     def report(self) -> dict:
         return {"summary": self.summary, "classes": [s.to_json() for s in self.stats], "warnings": self.warnings,
-                "low_coverage_rule": LOW_COVERAGE_RULE}
+                "low_coverage_rule": LOW_COVERAGE_RULE, "absolute_coverage_rule": ABSOLUTE_RULE,
+                "calibration": self.calibration}
 
 
 def resolve_model_spec(spec: str, index_dir: Path) -> tuple[str, str | None]:
@@ -127,6 +131,11 @@ class TaskRetriever:
         names = spec.names()  # class names, then aliases: query g * n_t + t searches name g
         query_class = np.repeat(np.array([c for _, c in names], np.int32), n_t)
         parts: list[Hits] = []
+        calibration = self._calibration(spec, timings)
+        # Pairs above the task's threshold if it has one, else above the calibrated cut (per modality).
+        count_cuts = ({m: c["cut"] for m, c in calibration.items()} if spec.threshold is None
+                      else {m: float(spec.threshold) for m in MODE_INDEX[spec.mode]})
+        abundance = Abundance(len(spec.classes), query_class, spec.k, count_cuts)
         progress("search", 0, len(queries))
         for lo in range(0, len(queries), spec.chunk):
             if cancelled and cancelled():
@@ -135,6 +144,7 @@ class TaskRetriever:
             vecs = self._timed("encode", timings, self.encode, batch, spec.batch_size)
             for modality in MODE_INDEX[spec.mode]:
                 scores, rows = self._timed("search", timings, self.searcher.search, vecs, spec.k, modality=modality)
+                self._timed("count", timings, abundance.add, self.searcher, modality, lo, vecs, scores, rows)
                 hits = from_search(scores, rows, lo)
                 if spec.threshold is not None:
                     hits = hits.select(hits.score >= spec.threshold)
@@ -187,6 +197,13 @@ class TaskRetriever:
             row.excluded, row.cut = int(n), int(c)
             row.queries = n_t * (1 + len(spec.aliases.get(row.name, ())))
         warnings += alias_stats(hits, names, n_t, raw_per_name, stats, spec.coverage_margin)
+        coverage_cut = max((c["cut"] for c in calibration.values()), default=None)
+        warnings += flag_not_covered(stats, coverage_cut)
+        if count_cuts:
+            for row, counted in zip(stats, abundance.per_class()):
+                for key, value in counted.items():
+                    setattr(row, key, value)
+            warnings += count_warnings(stats, max(count_cuts.values()))
         if spec.dedup_threshold is not None and self.dups.unavailable:
             warnings.insert(0, self.dups.unavailable)
         summary = {"index": str(self.searcher.root), "model": self.searcher.model, "classes": len(spec.classes),
@@ -199,13 +216,25 @@ class TaskRetriever:
                    "excluded": distinct - unique_before, "aliases": len(names) - n_classes,
                    "per_class": spec.per_class, "quota_cut": int(cut.sum()),
                    "quota_rows_dropped": before_quota - len(merged),
-                   "rows": len(merged), "seconds": round(time.perf_counter() - started, 3),
+                   "rows": len(merged), "coverage_cut": coverage_cut, "count_similarity": count_cuts or None,
+                   "count_method": ", ".join(sorted(abundance.methods)) or None,
+                   "seconds": round(time.perf_counter() - started, 3),
                    "stage_seconds": {k: round(v, 3) for k, v in timings.items()}}
-        result = TaskResult(table, stats, spec.warnings + warnings, summary)
+        result = TaskResult(table, stats, spec.warnings + warnings, summary,
+                            {m: _brief(c) for m, c in calibration.items()})
         meta = {SUBSET_TASK_KEY: json.dumps({"spec": spec.to_json()} | result.report())}
         result.table = table.replace_schema_metadata(meta)
         progress("done", 1, 1)
         return result
+
+    def _calibration(self, spec: TaskSpec, timings: dict) -> dict[str, dict]:
+        """Each searched modality index's calibration (computed on the index's first task when not stored)."""
+        found = {}
+        for modality in MODE_INDEX[spec.mode]:
+            cal = self._timed("calibrate", timings, self.searcher.calibration, modality)
+            if cal is not None:
+                found[modality] = cal
+        return found
 
     def _contaminated(self, rows: np.ndarray, exclusion: Exclusion, threshold: float) -> np.ndarray:
         """The ``rows`` whose image is within ``threshold`` of an excluded image."""
@@ -265,6 +294,12 @@ def _safety_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_floating(column.type):
         return pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
     return column
+
+
+def _brief(calibration: dict) -> dict:
+    """What the report keeps of a calibration: the cut and the covered / null / matched quantiles."""
+    return {k: calibration[k] for k in ("direction", "sample", "top_n", "cut_quantile", "cut", "covered", "null",
+                                        "matched") if k in calibration}
 
 
 def _ragged(offsets: np.ndarray, names: pa.Array, values: np.ndarray) -> pa.Array:

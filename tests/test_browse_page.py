@@ -212,6 +212,14 @@ def test_browse_page_in_chromium(keyed, tmp_path):
         table_rows = driver.find_elements(By.CSS_SELECTOR, "#coverage tbody tr")
         assert len(table_rows) == len(CLASSES)
         assert [r.find_element(By.TAG_NAME, "td").text for r in table_rows] == CLASSES
+        # The absolute rule: this corpus's vectors are built for the sign of each prompt's score, not its size,
+        # so every class's best pairs score ~0.03 against a cut calibrated at ~0.26 on the captions' own
+        # neighbours: each row says "not covered", with its count of pairs above the cut (none).
+        for row in table_rows:
+            cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+            assert "not covered" in cells[-1] and "uncovered" in row.get_attribute("class"), cells
+            assert cells[-2] == "0", cells
+        assert "Not covered (absolute, cut" in driver.find_element(By.ID, "rule").text
 
         png = _check_thumbnail_pixels(driver, all_imgs[0])
         shot = os.environ.get("REACT_BROWSE_SCREENSHOT")  # e.g. out/browse.png, to look at the page

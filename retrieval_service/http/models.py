@@ -220,6 +220,79 @@ class SearchResponse(BaseModel):
     results: list[SearchHit]
 
 
+class ClassCoverage(BaseModel):
+    """One row of a task's coverage table (retrieval_service.coverage.ClassStats)."""
+
+    model_config = ConfigDict(extra="allow")  # later columns pass through
+
+    name: str
+    queries: int = Field(description="queries (templates) formed for the class")
+    hits: int = Field(description="(query, pair) hits above the threshold, before merging")
+    unique: int = Field(description="subset rows labelled with the class")
+    exclusive: int = Field(description="of those, rows no other class retrieved")
+    coverage: Optional[float] = Field(description="mean similarity of the class's 10 best unique pairs")
+    p10: Optional[float]
+    p50: Optional[float]
+    p90: Optional[float]
+    max: Optional[float]
+    low_coverage: bool = Field(description="relative rule: far below the task's median coverage (or nothing found)")
+    excluded: int = Field(0, description="pairs dropped as copies of evaluation images")
+    not_covered: Optional[bool] = Field(None, description="absolute rule: coverage below the index's calibrated "
+                                                          "cut (null: the index has no calibration)")
+    pairs_above: Optional[int] = Field(None, description="estimated corpus pairs at or above the count's "
+                                                         "similarity (summary.count_similarity), over the "
+                                                         "class's queries")
+    pairs_above_lower_bound: bool = Field(False, description="pairs_above is a lower bound (counted from the "
+                                                             "top-k tail with the k-th hit still above the cut)")
+    k_too_small: bool = Field(False, description="a query of the class has more than k pairs above the cut")
+    almost_nothing: bool = Field(False, description="fewer than 10 pairs above the cut: the corpus has "
+                                                    "(almost) nothing for the class")
+
+
+class CoverageCalibration(BaseModel):
+    """What similarities mean on one modality index (index.calibration): quantiles keyed by probability."""
+
+    model_config = ConfigDict(extra="allow")
+
+    direction: Literal["t2i", "t2t"]
+    sample: int = Field(description="corpus rows whose captions were used as queries")
+    top_n: int
+    cut_quantile: float
+    cut: float = Field(description="the absolute rule's cut: the cut_quantile quantile of `covered`")
+    covered: dict[str, float] = Field(description="mean of a caption query's top_n best other rows")
+    null: Optional[dict[str, float]] = Field(None, description="a caption against a random other row")
+    matched: Optional[dict[str, float]] = Field(None, description="a caption against its own image (t2i)")
+
+
+class TaskSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")  # counts and timings (retrieval_service.task)
+
+    classes: int
+    queries: int
+    k: int
+    mode: str
+    rows: int
+    coverage_cut: Optional[float] = Field(None, description="the absolute rule's cut (the highest of the searched "
+                                                            "indices' cuts); null: no calibration")
+    count_similarity: Optional[dict[str, float]] = Field(None, description="per modality index, the similarity "
+                                                                           "pairs_above counts from: the task's "
+                                                                           "threshold, else the calibrated cut")
+    count_method: Optional[str] = Field(None, description="range search, or top-k tail (lower bounds)")
+
+
+class TaskReport(BaseModel):
+    """A task's coverage report: the per-class table, warnings, and the rules and calibration behind the flags."""
+
+    model_config = ConfigDict(extra="allow")
+
+    summary: TaskSummary
+    classes: list[ClassCoverage]
+    warnings: list[str]
+    low_coverage_rule: str
+    absolute_coverage_rule: Optional[str] = None
+    calibration: Optional[dict[str, CoverageCalibration]] = None
+
+
 class JobInfo(BaseModel):
     id: str
     state: Literal["queued", "running", "done", "failed", "cancelled"]
@@ -232,13 +305,13 @@ class JobInfo(BaseModel):
     finished: Optional[float] = None
     error: Optional[str] = None
     rows: Optional[int] = None
-    report: Optional[dict] = None
+    report: Optional[TaskReport] = None
     result_url: Optional[str] = None
 
 
 class InlineResult(BaseModel):
     rows: list[dict]
-    report: dict
+    report: TaskReport
 
 
 class IndexInfo(BaseModel):

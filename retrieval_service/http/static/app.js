@@ -127,6 +127,19 @@ function el(tag, cls, text) {
 const fmt = (v) => (v == null ? "\u2013" : Number(v).toFixed(3));
 const anchor = (i) => `class-${i}`;
 
+// "How much is there?": the estimated corpus pairs above the count's similarity, "\u2265" when only a lower bound.
+const pairsAbove = (c) => (c.pairs_above == null ? "\u2013"
+  : (c.pairs_above_lower_bound ? "\u2265" : "") + c.pairs_above.toLocaleString());
+
+function coverageFlags(c) {
+  const flags = [];
+  if (c.low_coverage) flags.push("low coverage");
+  if (c.not_covered) flags.push("not covered");
+  if (c.almost_nothing) flags.push("almost nothing");
+  if (c.k_too_small) flags.push("k too small");
+  return flags;
+}
+
 function renderCoverage(report) {
   const s = report.summary || {};
   $("totals").textContent = `${(s.rows ?? 0).toLocaleString()} pairs from ${s.queries} queries ` +
@@ -134,17 +147,24 @@ function renderCoverage(report) {
     `${(s.hits ?? 0).toLocaleString()} hits \u00b7 ${s.near_duplicates_collapsed ?? 0} near-duplicates collapsed \u00b7 ${s.seconds} s`;
   $("warnings").replaceChildren(...(report.warnings || []).map((w) => el("li", null, w)));
   $("coverage").tBodies[0].replaceChildren(...(report.classes || []).map((c, i) => {
-    const tr = el("tr", c.low_coverage ? "low" : null);
+    const tr = el("tr", c.not_covered ? "low uncovered" : c.low_coverage ? "low" : null);
     const name = el("td");
     const link = el("a", null, c.name);
     link.href = "#" + anchor(i);
     name.append(link);
     tr.append(name, ...[c.hits, c.unique, c.exclusive].map((v) => el("td", null, String(v))),
       ...[c.coverage, c.p10, c.p50, c.p90, c.max].map((v) => el("td", null, fmt(v))),
-      el("td", null, c.low_coverage ? "low coverage" : ""));
+      el("td", "count", pairsAbove(c)), el("td", "flags", coverageFlags(c).join(" \u00b7 ")));
     return tr;
   }));
-  $("rule").textContent = report.low_coverage_rule ? "Low coverage: " + report.low_coverage_rule : "";
+  const rules = [];
+  if (report.low_coverage_rule) rules.push("Low coverage (relative): " + report.low_coverage_rule + ".");
+  if (report.absolute_coverage_rule && s.coverage_cut != null) {
+    const at = Object.entries(s.count_similarity || {}).map(([m, v]) => `${m} ${fmt(v)}`).join(", ");
+    rules.push(`Not covered (absolute, cut ${fmt(s.coverage_cut)}): ${report.absolute_coverage_rule}. ` +
+      `Pairs \u2265 cut: corpus pairs at similarity ${at} (${s.count_method}); \u2265 marks a lower bound.`);
+  }
+  $("rule").textContent = rules.join(" ");
   $("summary").hidden = false;
 }
 
