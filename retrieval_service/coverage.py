@@ -55,9 +55,10 @@ class ClassStats:
         return asdict(self)
 
 
-def class_stats(merged: Merged, class_names: list[str], n_templates: int, raw_hits_per_class: np.ndarray,
+def class_stats(merged: Merged, class_names: list[str], n_templates: int | np.ndarray, raw_hits_per_class: np.ndarray,
                 margin: float = DEFAULT_MARGIN) -> tuple[list[ClassStats], list[str]]:
-    """Statistics per class and the warnings (low coverage, nothing retrieved)."""
+    """Statistics per class and the warnings (low coverage, nothing retrieved). ``n_templates``: queries per
+    class, one number or one per class (example images give classes different counts)."""
     labels = merged.classes
     n_classes = len(class_names)
     per_row = np.diff(labels.offsets)
@@ -68,14 +69,15 @@ def class_stats(merged: Merged, class_names: list[str], n_templates: int, raw_hi
     excl = np.bincount(labels.values[exclusive_rows], minlength=n_classes)
     stats: list[ClassStats] = []
     for c, name in enumerate(class_names):
+        n_q = int(n_templates) if np.ndim(n_templates) == 0 else int(n_templates[c])
         s = sorted_scores[bounds[c] : bounds[c + 1]]
         if s.size:
             q10, q50, q90 = (float(v) for v in np.quantile(s, [0.1, 0.5, 0.9]))
             top = float(s[:TOP_N].mean())
-            stats.append(ClassStats(name, n_templates, int(raw_hits_per_class[c]), int(s.size), int(excl[c]),
+            stats.append(ClassStats(name, n_q, int(raw_hits_per_class[c]), int(s.size), int(excl[c]),
                                     round(top, 4), round(q10, 4), round(q50, 4), round(q90, 4), round(float(s[0]), 4)))
         else:
-            stats.append(ClassStats(name, n_templates, int(raw_hits_per_class[c]), 0, 0, None, None, None, None, None))
+            stats.append(ClassStats(name, n_q, int(raw_hits_per_class[c]), 0, 0, None, None, None, None, None))
     return stats, flag_low_coverage(stats, margin)
 
 

@@ -87,8 +87,12 @@ def _labels(row_pos: np.ndarray, label: np.ndarray, n_rows: int, n_labels: int, 
     return Labels(offsets, pair_label[order], score[first[order]].astype(np.float32))
 
 
-def merge(hits: Hits, n_templates: int, n_queries: int, with_queries: bool = True) -> Merged:
+def merge(hits: Hits, n_templates: int, n_queries: int, with_queries: bool = True,
+          query_class: np.ndarray | None = None) -> Merged:
     """One row per distinct corpus row: best similarity, hit count, classes and queries that found it.
+
+    A query's class is ``query // n_templates`` unless ``query_class`` (int [n_queries]) gives it -- tasks
+    whose classes have different numbers of queries (example images: retrieval_service.examples).
 
     Cost: one float sort and three integer sorts of the hits (about 5 s for 4M hits on 2 cores)."""
     order = np.argsort(-hits.score, kind="stable")  # best hit first; every later "first" is a "best"
@@ -99,8 +103,11 @@ def merge(hits: Hits, n_templates: int, n_queries: int, with_queries: bool = Tru
     position = np.empty(len(uniq), np.int64)
     position[out_order] = np.arange(len(uniq))
     row_pos = position[inverse.reshape(-1)]
-    n_classes = max(1, -(-n_queries // max(1, n_templates)))
-    classes = _labels(row_pos, query // n_templates, len(uniq), n_classes, score)
+    if query_class is None:
+        n_classes, cls = max(1, -(-n_queries // max(1, n_templates))), query // n_templates
+    else:
+        n_classes, cls = max(1, int(query_class.max(initial=0)) + 1), query_class[query]
+    classes = _labels(row_pos, cls, len(uniq), n_classes, score)
     queries = _labels(row_pos, query, len(uniq), max(1, n_queries), score) if with_queries else None
     return Merged(uniq[out_order], score[first[out_order]].astype(np.float32), counts[out_order].astype(np.int32),
                   classes, queries)

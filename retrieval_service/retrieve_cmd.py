@@ -32,6 +32,14 @@ def retrieve(args: argparse.Namespace) -> int:
     dedup = None if args.no_dedup else args.dedup_threshold
     if args.out.suffix != ".parquet":
         raise ReactError(f"--out must name a .parquet file, got {args.out}")
+    if args.example_mode is not None and args.examples is None:
+        raise ReactError("--example-mode needs --examples DIR")
+    if args.examples is not None:
+        from retrieval_service.examples import read_examples_dir
+
+        args.examples_read = read_examples_dir(args.examples, classes)  # every image checked before any work
+    else:
+        args.examples_read = {}
     if args.server:
         report = _via_server(args, classes, templates, dedup)
     else:
@@ -53,7 +61,8 @@ def _in_process(args, classes, templates, dedup) -> dict:
 
     spec = validate_spec(classes, templates, args.k, args.mode, args.threshold, dedup,
                          include_queries=not args.no_queries, exclude=[str(p) for p in args.exclude],
-                         exclude_threshold=args.exclude_threshold)
+                         exclude_threshold=args.exclude_threshold, examples=args.examples_read,
+                         example_mode=args.example_mode)
     searcher = Searcher(args.index)
     model = load_index_model(searcher, args.model)
     exclusion = _embed_exclusions(model, spec.exclude) if spec.exclude else None
@@ -93,6 +102,12 @@ def _via_server(args, classes, templates, dedup) -> dict:
     request = {"classes": classes, "templates": templates, "k": args.k, "mode": args.mode, "index": args.index_name,
                "threshold": args.threshold, "dedup_threshold": dedup, "include_queries": not args.no_queries,
                "exclude": [str(x) for x in args.exclude], "exclude_threshold": args.exclude_threshold}
+    if args.examples_read:
+        import base64
+
+        request["examples"] = {c: [base64.b64encode(raw).decode("ascii") for raw in raws]
+                               for c, raws in args.examples_read.items()}
+        request["example_mode"] = args.example_mode or "mix"
     job = client.submit(request)
     with progress() as bar:
         task = bar.add_task("queued", total=max(1, job.get("total") or 1), unit="query")

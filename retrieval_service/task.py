@@ -29,6 +29,7 @@ from react.errors import ReactError
 from react.schemas import SUBSET_SCHEMA, SUBSET_TASK_KEY, write_parquet
 from retrieval_service.coverage import LOW_COVERAGE_RULE, ClassStats, class_stats
 from retrieval_service.dedup import NearDuplicates
+from retrieval_service.examples import EXAMPLE_BATCH, QueryPlan, encode_examples, plan_queries
 from retrieval_service.exclude import Exclusion
 from retrieval_service.merge import Hits, collapse_rows, from_search, merge
 from retrieval_service.spec import MODE_INDEX, TaskSpec
@@ -121,27 +122,26 @@ class TaskRetriever:
                              f"(it has {', '.join(self.searcher.modalities)})")
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        queries = spec.queries()
-        n_t = len(spec.templates)
+        plan = plan_queries(spec)  # text queries, then example images (retrieval_service.examples)
+        queries, qclass, n_t = plan.labels, plan.query_class, len(spec.templates)
         parts: list[Hits] = []
         progress("search", 0, len(queries))
-        for lo in range(0, len(queries), spec.chunk):
+        for lo in range(0, len(plan.texts), spec.chunk):
             if cancelled and cancelled():
                 raise TaskCancelled("task cancelled")
-            batch = queries[lo : lo + spec.chunk]
+            batch = plan.texts[lo : lo + spec.chunk]
             vecs = self._timed("encode", timings, self.encode, batch, spec.batch_size)
             for modality in MODE_INDEX[spec.mode]:
                 scores, rows = self._timed("search", timings, self.searcher.search, vecs, spec.k, modality=modality)
-                hits = from_search(scores, rows, lo)
-                if spec.threshold is not None:
-                    hits = hits.select(hits.score >= spec.threshold)
-                parts.append(hits)
+                parts.append(self._kept(from_search(scores, rows, lo), spec))
             progress("search", min(lo + spec.chunk, len(queries)), len(queries))
+        if plan.images:
+            parts.extend(self._search_examples(plan, spec, timings, progress, cancelled))
         hits = Hits.concat(parts)
         del parts
-        raw_per_class = np.bincount(hits.query // n_t, minlength=len(spec.classes))
+        raw_per_class = np.bincount(qclass[hits.query], minlength=len(spec.classes))
         progress("merge", 0, 1)
-        merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries)
+        merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries, qclass)
         distinct = len(merged)
         excluded = np.zeros(len(spec.classes), np.int64)
         if exclusion is not None and len(merged):
@@ -149,10 +149,10 @@ class TaskRetriever:
             drop = self._timed("exclude", timings, self._contaminated, merged.row, exclusion, spec.exclude_threshold)
             if drop.size:
                 gone = np.isin(hits.row, drop)
-                pairs = np.unique(np.stack([hits.row[gone], hits.query[gone] // n_t]), axis=1)
+                pairs = np.unique(np.stack([hits.row[gone], qclass[hits.query[gone]].astype(np.int64)]), axis=1)
                 excluded = np.bincount(pairs[1], minlength=len(spec.classes))
                 hits = hits.select(~gone)
-                merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries)
+                merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries, qclass)
         unique_before = len(merged)
         groups: dict[int, int] = {}
         if spec.dedup_threshold is not None and len(merged) > 1:
@@ -162,16 +162,18 @@ class TaskRetriever:
             edges = self._timed("dedup", timings, self.dups.edges, merged.row, spec.dedup_threshold)
             if edges is not None and edges[0].size:
                 hits, groups = collapse_rows(hits, merged.row, merged.similarity, *edges)
-                merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries)
+                merged = self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries, qclass)
         progress("metadata", 0, 1)
         table = self._timed("metadata", timings, self._table, merged, spec, queries, groups)
-        stats, warnings = class_stats(merged, spec.classes, n_t, raw_per_class, spec.coverage_margin)
+        stats, warnings = class_stats(merged, spec.classes, plan.per_class, raw_per_class,
+                                      spec.coverage_margin)
         for row, n in zip(stats, excluded.tolist()):
             row.excluded = int(n)
         if spec.dedup_threshold is not None and self.dups.unavailable:
             warnings.insert(0, self.dups.unavailable)
         summary = {"index": str(self.searcher.root), "model": self.searcher.model, "classes": len(spec.classes),
                    "templates": n_t, "queries": len(queries), "k": spec.k, "mode": spec.mode,
+                   "examples": len(plan.images), "example_mode": spec.example_mode if plan.images else None,
                    "threshold": spec.threshold, "dedup_threshold": spec.dedup_threshold, "hits": int(len(hits)),
                    "unique_pairs": distinct, "near_duplicates_collapsed": unique_before - len(merged),
                    "exclude": list(exclusion.names) if exclusion is not None else [],
@@ -185,6 +187,29 @@ class TaskRetriever:
         result.table = table.replace_schema_metadata(meta)
         progress("done", 1, 1)
         return result
+
+    @staticmethod
+    def _kept(hits: Hits, spec: TaskSpec) -> Hits:
+        return hits.select(hits.score >= spec.threshold) if spec.threshold is not None else hits
+
+    def _search_examples(self, plan: QueryPlan, spec: TaskSpec, timings: dict, progress: ProgressFn,
+                         cancelled: Callable[[], bool] | None) -> list[Hits]:
+        """The example images' hits: encoded with the index's model, searched image -> image."""
+        if "image" not in self.searcher.modalities:
+            raise ReactError(f"example images are searched on the image index, which {self.searcher.root} lacks "
+                             f"(it has {', '.join(self.searcher.modalities)})")
+        first, parts = len(plan.texts), []
+        labels = plan.labels[first:]
+        for lo in range(0, len(plan.images), EXAMPLE_BATCH):
+            if cancelled and cancelled():
+                raise TaskCancelled("task cancelled")
+            vecs = self._timed("encode", timings, encode_examples, self.model, plan.images[lo : lo + EXAMPLE_BATCH],
+                               labels[lo : lo + EXAMPLE_BATCH])
+            scores, rows = self._timed("search", timings, self.searcher.search, vecs, spec.k, modality="image",
+                                       query_modality="image")
+            parts.append(self._kept(from_search(scores, rows, first + lo), spec))
+            progress("search", min(first + lo + EXAMPLE_BATCH, plan.n_queries), plan.n_queries)
+        return parts
 
     def _contaminated(self, rows: np.ndarray, exclusion: Exclusion, threshold: float) -> np.ndarray:
         """The ``rows`` whose image is within ``threshold`` of an excluded image."""
