@@ -192,7 +192,9 @@ def request_models(max_search_k: int = config_default("max_search_k"), limits: L
 def example_images_type(limits: Limits) -> type:
     """``examples``' type: {class name: [base64 image, ...]} with the task's limits stated in the schema."""
     b64 = Annotated[str, Field(min_length=1, max_length=(limits.max_example_bytes * 4) // 3 + 8)]
-    name = Annotated[str, Field(min_length=1, max_length=limits.max_text_chars, pattern=TEXT_PATTERN)]
+    # No pattern on the key: JSON Schema would leave a non-matching key's value unchecked (patternProperties);
+    # a key that names none of the task's classes is a 400 anyway.
+    name = Annotated[str, Field(min_length=1, max_length=limits.max_text_chars)]
     return Optional[dict[name, Annotated[list[b64], Field(min_length=1, max_length=limits.max_examples_per_class)]]]
 
 
