@@ -95,8 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=50, help="results per query (the demo's: 50)")
     p.add_argument("--no-exclude", action="store_true", help="skip the demo's decontamination")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--write-examples", type=Path, default=None, metavar="DIR",
+                   help="only write DIR/<class>/<i>.jpg: the first --ks[0] validation images per class, the folder "
+                        "`react retrieve --examples DIR` reads (for a customize run with examples), and stop")
     args = p.parse_args(argv)
     seal_splits("test")  # examples come from the validation half only
+    if args.write_examples is not None:
+        from react.schemas import atomic_dir
+
+        with atomic_dir(args.write_examples) as tmp:
+            for name, raws in example_bytes(args.corpus.expanduser(), args.ks[0]).items():
+                (tmp / name).mkdir(parents=True)
+                for i, raw in enumerate(raws):
+                    (tmp / name / f"{i}.jpg").write_bytes(raw)
+        print(f"{args.write_examples}: {args.ks[0]} validation images per class")
+        return 0
 
     from index.searcher import Searcher
     from react.config import cache_dir
