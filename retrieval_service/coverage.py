@@ -81,10 +81,14 @@ def class_stats(merged: Merged, class_names: list[str], n_templates: int | np.nd
     return stats, flag_low_coverage(stats, margin)
 
 
-def flag_low_coverage(stats: list[ClassStats], margin: float = DEFAULT_MARGIN) -> list[str]:
-    """Set ``low_coverage`` per the module's rule; return one warning line per flagged class."""
+def flag_low_coverage(stats: list[ClassStats], margin: float = DEFAULT_MARGIN,
+                      exempt: frozenset[str] = frozenset()) -> list[str]:
+    """Set ``low_coverage`` per the module's rule; return one warning line per flagged class. Classes in
+    ``exempt`` (searched on another similarity scale: retrieval_service.examples) are neither part of the
+    median nor compared to it; they are flagged only when they retrieved nothing."""
     warnings: list[str] = []
-    scored = np.array([s.coverage for s in stats if s.coverage is not None], dtype=np.float64)
+    scored = np.array([s.coverage for s in stats if s.coverage is not None and s.name not in exempt],
+                      dtype=np.float64)
     median = float(np.median(scored)) if scored.size else 0.0
     spread = 1.4826 * float(np.median(np.abs(scored - median))) if scored.size else 0.0
     cut = median - max(SPREAD_FACTOR * spread, margin)
@@ -92,7 +96,7 @@ def flag_low_coverage(stats: list[ClassStats], margin: float = DEFAULT_MARGIN) -
         if s.coverage is None:
             s.low_coverage = True
             warnings.append(f"class {s.name!r} retrieved nothing (threshold too high, or the corpus lacks it)")
-        elif scored.size >= 3 and s.coverage < cut:
+        elif scored.size >= 3 and s.name not in exempt and s.coverage < cut:
             s.low_coverage = True
             warnings.append(f"class {s.name!r} has low coverage: its best pairs score {s.coverage:.3f}, "
                             f"task median {median:.3f} (cut {cut:.3f}); the corpus may barely cover it")

@@ -73,6 +73,31 @@ def plan_queries(spec: TaskSpec) -> QueryPlan:
     return QueryPlan(texts, images, labels, query_class, np.bincount(query_class, minlength=len(spec.classes)))
 
 
+def comparable_stats(stats: list, hits, plan: QueryPlan, spec: TaskSpec) -> tuple[list, list[str]]:
+    """Per-class statistics whose similarity figures compare across classes.
+
+    Image -> image similarities run far above text -> image ones (the demo: 0.7-0.85 against ~0.3), so
+    a class's coverage and quantiles computed over its example hits would lift it above every class
+    without examples and make the low-coverage rule flag those. Here a class that has text queries is
+    described by its text hits only (its counts -- hits, unique, exclusive -- still include every
+    hit); a class searched by images alone keeps its image figures and is left out of the rule, except
+    when it retrieved nothing. ``stats``: class_stats over all hits; ``hits``: the merged task's hits."""
+    from retrieval_service.coverage import class_stats, flag_low_coverage
+    from retrieval_service.merge import merge
+
+    by_text = hits.select(hits.query < len(plan.texts))
+    text_only = merge(by_text, 1, plan.n_queries, False, plan.query_class)
+    raw = np.bincount(plan.query_class[by_text.query], minlength=len(spec.classes))
+    text_stats, _ = class_stats(text_only, spec.classes, plan.per_class, raw, spec.coverage_margin)
+    has_text = np.bincount(plan.query_class[: len(plan.texts)], minlength=len(spec.classes)) > 0
+    for c, (s, t) in enumerate(zip(stats, text_stats)):
+        if has_text[c]:
+            s.coverage, s.p10, s.p50, s.p90, s.max = t.coverage, t.p10, t.p50, t.p90, t.max
+        s.low_coverage = False
+    exempt = frozenset(name for c, name in enumerate(spec.classes) if not has_text[c])
+    return stats, flag_low_coverage(stats, spec.coverage_margin, exempt)
+
+
 def decode_example(raw: bytes, label: str):
     """An RGB PIL image from one example's bytes; ReactError naming the example when it is no usable image."""
     from retrieval_service.config import config_default

@@ -48,7 +48,9 @@ def retrieve(args: argparse.Namespace) -> int:
     if args.json:
         write_text(args.json, json.dumps(report, indent=2) + "\n")
     summary = report["summary"]
-    console.print(f"subset: {args.out} ({summary['rows']} pairs from {summary['queries']} queries, "
+    examples = (f", {summary['examples']} of them example images ({summary['example_mode']})"
+                if summary.get("examples") else "")
+    console.print(f"subset: {args.out} ({summary['rows']} pairs from {summary['queries']} queries{examples}, "
                   f"{summary['hits']} hits, {summary['near_duplicates_collapsed']} near-duplicates collapsed, "
                   f"{summary['seconds']:.1f} s)", highlight=False)
     return 0

@@ -29,7 +29,7 @@ from react.errors import ReactError
 from react.schemas import SUBSET_SCHEMA, SUBSET_TASK_KEY, write_parquet
 from retrieval_service.coverage import LOW_COVERAGE_RULE, ClassStats, class_stats
 from retrieval_service.dedup import NearDuplicates
-from retrieval_service.examples import EXAMPLE_BATCH, QueryPlan, encode_examples, plan_queries
+from retrieval_service.examples import EXAMPLE_BATCH, QueryPlan, comparable_stats, encode_examples, plan_queries
 from retrieval_service.exclude import Exclusion
 from retrieval_service.merge import Hits, collapse_rows, from_search, merge
 from retrieval_service.spec import MODE_INDEX, TaskSpec
@@ -167,6 +167,8 @@ class TaskRetriever:
         table = self._timed("metadata", timings, self._table, merged, spec, queries, groups)
         stats, warnings = class_stats(merged, spec.classes, plan.per_class, raw_per_class,
                                       spec.coverage_margin)
+        if plan.images:  # similarity figures on the text queries' scale, so classes compare
+            stats, warnings = comparable_stats(stats, hits, plan, spec)
         for row, n in zip(stats, excluded.tolist()):
             row.excluded = int(n)
         if spec.dedup_threshold is not None and self.dups.unavailable:

@@ -140,6 +140,27 @@ def test_only_mode_searches_a_class_by_its_images_alone(pics):
     assert text.summary["examples"] == 0 and text.summary["example_mode"] is None
 
 
+def test_coverage_figures_stay_on_the_text_scale(pics):
+    """Image -> image similarities run far above text -> image ones: a class's figures (and the
+    low-coverage rule) use its text hits, so examples for one class cannot get the others flagged."""
+    index, originals, (a, b) = pics
+    classes = [a, b, "tree", "house"]
+    retriever = _retriever(index)
+    text = {s.name: s for s in retriever.run(validate_spec(classes, TEMPLATES, 3, "t2i", dedup_threshold=None)).stats}
+    mix = retriever.run(validate_spec(classes, TEMPLATES, 3, "t2i", dedup_threshold=None,
+                                      examples={a: originals[a][:2]}))
+    assert max(mix.table.column("similarity").to_pylist()) >= 0.95  # the examples' own copies
+    for s in mix.stats:
+        figures = lambda x: (x.coverage, x.p10, x.p50, x.p90, x.max, x.low_coverage)  # noqa: E731
+        assert figures(s) == figures(text[s.name]), s.name
+    assert {s.name: s.hits for s in mix.stats}[a] == text[a].hits + 2 * 3
+    only = {s.name: s for s in retriever.run(validate_spec(
+        classes, TEMPLATES, 3, "t2i", dedup_threshold=None, examples={a: originals[a][:2]},
+        example_mode="only")).stats}
+    assert only[a].max >= 0.95 and not only[a].low_coverage  # its image figures, outside the rule
+    assert all(only[c].low_coverage == text[c].low_coverage for c in classes[1:])
+
+
 @pytest.mark.parametrize("examples, mode, message", [
     ({"nope": [b"x"]}, None, "'nope' is not one of the task's classes"),
     ({"A": []}, None, "non-empty list"),
