@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode} {name:5s} k={k}: {row['rows']:5d} pairs, precision {row['precision']:.3f}, labelled "
                   f"precision {row['labelled_precision']:.3f} ({row['labelled_assignments']} assignments), "
                   f"recall {row['recall']:.3f}; by query kind "
-                  + ", ".join(f"{kind} {v['precision']} ({v['assignments']})" for kind, v in row["by_query_kind"].items()
-                              if v["assignments"]), flush=True)
+                  + ", ".join(f"{kind} {v['precision']} ({v['assignments']})"
+                              for kind, v in row["by_query_kind"].items() if v["assignments"]), flush=True)
     out = {"index": str(args.index), "corpus": str(corpus), "k": args.k, "classes": len(classes),
            "templates": len(templates), "exclude": not args.no_exclude,
            "labelled_retrieval_pairs": int(sum(lbl in set(classes) for lbl in labels.tolist())), "runs": runs}

@@ -123,18 +123,20 @@ def test_example_images_retrieve_their_class_pairs_merged_once(pics):
 def test_only_mode_searches_a_class_by_its_images_alone(pics):
     index, originals, (a, b) = pics
     retriever = _retriever(index)
-    only = retriever.run(validate_spec([a, b], TEMPLATES, 3, "t2i", dedup_threshold=None, examples={a: originals[a][:1]},
+    one = {a: originals[a][:1]}
+    only = retriever.run(validate_spec([a, b], TEMPLATES, 3, "t2i", dedup_threshold=None, examples=one,
                                        example_mode="only"))
     assert only.summary["queries"] == 1 + 1 and only.summary["example_mode"] == "only"
     for row in only.table.to_pylist():
         mine = [q for q in row["queries"] if q.startswith("example:")]
+        assert TEMPLATES[0].format(a) not in row["queries"], row  # A's name was not searched
         if a in row["classes"]:
             assert mine, row  # A was searched by its image only
         if row["classes"] == [b]:
             assert not mine and TEMPLATES[0].format(b) in row["queries"], row
     assert _rows(only.table)[f"{a}-0"]["classes"][0] == a
     assert {s.name: s.queries for s in only.stats} == {a: 1, b: 1}
-    mix = retriever.run(validate_spec([a, b], TEMPLATES, 3, "t2i", dedup_threshold=None, examples={a: originals[a][:1]}))
+    mix = retriever.run(validate_spec([a, b], TEMPLATES, 3, "t2i", dedup_threshold=None, examples=one))
     assert mix.summary["queries"] == 3 and {s.name: s.queries for s in mix.stats} == {a: 2, b: 1}
     text = retriever.run(validate_spec([a, b], TEMPLATES, 3, "t2i", dedup_threshold=None))
     assert text.summary["examples"] == 0 and text.summary["example_mode"] is None
