@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from retrieval_service.config import config_default
-from retrieval_service.spec import DEFAULT_DEDUP_THRESHOLD, MODES, TaskSpec
+from retrieval_service.spec import DEFAULT_DEDUP_THRESHOLD, EXAMPLE_MODES, MODES, TaskSpec
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -114,6 +114,13 @@ def _add_retrieve(sub: argparse._SubParsersAction) -> None:
                      help="after merging, exclusion and collapse keep at most N pairs per class (its best by "
                           "similarity), so frequent classes do not crowd out rare ones; k stays per query "
                           "(default: no quota)")
+    ret.add_argument("--examples", type=Path, default=None, metavar="DIR",
+                     help="example images as queries: DIR/<class name>/*.{jpg,png,webp}, each searched image -> "
+                          "image (with the index's model) and its hits merged under the class; with --server the "
+                          "images are sent in the request")
+    ret.add_argument("--example-mode", default=None, choices=EXAMPLE_MODES,
+                     help="mix: text and example queries (default with --examples); only: a class with examples is "
+                          "searched by its images alone")
     ret.add_argument("--no-queries", action="store_true", help="leave out the queries column (smaller file)")
     ret.add_argument("--index-name", default=None, help="with --server: which served index (default: the first)")
     ret.add_argument("--api-key-file", type=Path, default=None, metavar="FILE", help="with --server: the key to send")

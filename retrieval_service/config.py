@@ -6,7 +6,7 @@ purpose, like ``spec``: the command line imports it."""
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
 from react.errors import ReactError
@@ -45,6 +45,11 @@ class ServiceConfig:
     @property
     def default_index(self) -> str:
         return next(iter(self.indices))
+
+    @property
+    def task_limits(self) -> Limits:
+        """``limits`` with an example image held to the query-image limit (an example is a query image)."""
+        return replace(self.limits, max_example_bytes=min(self.limits.max_example_bytes, self.max_image_bytes))
 
 
 def config_default(name: str):

@@ -81,9 +81,10 @@ class ClassStats:
         return asdict(self)
 
 
-def class_stats(merged: Merged, class_names: list[str], n_templates: int, raw_hits_per_class: np.ndarray,
+def class_stats(merged: Merged, class_names: list[str], n_templates: int | np.ndarray, raw_hits_per_class: np.ndarray,
                 margin: float = DEFAULT_MARGIN) -> tuple[list[ClassStats], list[str]]:
-    """Statistics per class and the warnings (low coverage, nothing retrieved)."""
+    """Statistics per class and the warnings (low coverage, nothing retrieved). ``n_templates``: queries per
+    class, one number or one per class (example images give classes different counts)."""
     labels = merged.classes
     n_classes = len(class_names)
     per_row = np.diff(labels.offsets)
@@ -94,21 +95,26 @@ def class_stats(merged: Merged, class_names: list[str], n_templates: int, raw_hi
     excl = np.bincount(labels.values[exclusive_rows], minlength=n_classes)
     stats: list[ClassStats] = []
     for c, name in enumerate(class_names):
+        n_q = int(n_templates) if np.ndim(n_templates) == 0 else int(n_templates[c])
         s = sorted_scores[bounds[c] : bounds[c + 1]]
         if s.size:
             q10, q50, q90 = (float(v) for v in np.quantile(s, [0.1, 0.5, 0.9]))
             top = float(s[:TOP_N].mean())
-            stats.append(ClassStats(name, n_templates, int(raw_hits_per_class[c]), int(s.size), int(excl[c]),
+            stats.append(ClassStats(name, n_q, int(raw_hits_per_class[c]), int(s.size), int(excl[c]),
                                     round(top, 4), round(q10, 4), round(q50, 4), round(q90, 4), round(float(s[0]), 4)))
         else:
-            stats.append(ClassStats(name, n_templates, int(raw_hits_per_class[c]), 0, 0, None, None, None, None, None))
+            stats.append(ClassStats(name, n_q, int(raw_hits_per_class[c]), 0, 0, None, None, None, None, None))
     return stats, flag_low_coverage(stats, margin)
 
 
-def flag_low_coverage(stats: list[ClassStats], margin: float = DEFAULT_MARGIN) -> list[str]:
-    """Set ``low_coverage`` per the module's rule; return one warning line per flagged class."""
+def flag_low_coverage(stats: list[ClassStats], margin: float = DEFAULT_MARGIN,
+                      exempt: frozenset[str] = frozenset()) -> list[str]:
+    """Set ``low_coverage`` per the module's rule; return one warning line per flagged class. Classes in
+    ``exempt`` (searched on another similarity scale: retrieval_service.examples) are neither part of the
+    median nor compared to it; they are flagged only when they retrieved nothing."""
     warnings: list[str] = []
-    scored = np.array([s.coverage for s in stats if s.coverage is not None], dtype=np.float64)
+    scored = np.array([s.coverage for s in stats if s.coverage is not None and s.name not in exempt],
+                      dtype=np.float64)
     median = float(np.median(scored)) if scored.size else 0.0
     spread = 1.4826 * float(np.median(np.abs(scored - median))) if scored.size else 0.0
     cut = median - max(SPREAD_FACTOR * spread, margin)
@@ -116,24 +122,25 @@ def flag_low_coverage(stats: list[ClassStats], margin: float = DEFAULT_MARGIN) -
         if s.coverage is None:
             s.low_coverage = True
             warnings.append(f"class {s.name!r} retrieved nothing (threshold too high, or the corpus lacks it)")
-        elif scored.size >= 3 and s.coverage < cut:
+        elif scored.size >= 3 and s.name not in exempt and s.coverage < cut:
             s.low_coverage = True
             warnings.append(f"class {s.name!r} has low coverage: its best pairs score {s.coverage:.3f}, "
                             f"task median {median:.3f} (cut {cut:.3f}); the corpus may barely cover it")
     return warnings
 
 
-def alias_stats(hits: Hits, names: list[tuple[str, int]], n_templates: int, raw_hits_per_name: np.ndarray,
-                stats: list[ClassStats], margin: float = DEFAULT_MARGIN) -> list[str]:
-    """Fill each class's ``aliases`` entries from the subset's ``hits`` (query ``g * n_templates + t`` is
-    searched name g; ``names``: (name, class) with the class names first, as ``TaskSpec.names``); return
-    one warning per weak alias."""
+def alias_stats(hits: Hits, names: list[tuple[str, int]], query_name: np.ndarray, n_templates: int,
+                raw_hits_per_name: np.ndarray, stats: list[ClassStats], margin: float = DEFAULT_MARGIN) -> list[str]:
+    """Fill each class's ``aliases`` entries from the subset's ``hits`` (``query_name[q]``: the name query q
+    searched, an index into ``names``, -1 for an example image; ``names``: (name, class) with the class
+    names first, as ``TaskSpec.names``); return one warning per weak alias."""
     n_classes, n_names = len(stats), len(names)
     if n_names == n_classes:
         return []
     name_class = np.array([c for _, c in names], np.int64)
+    hits = hits.select(query_name[hits.query] >= 0)  # text queries only: an alias is judged by its own hits
     order = np.argsort(-hits.score, kind="stable")
-    name = hits.query[order].astype(np.int64) // n_templates
+    name = query_name[hits.query[order]].astype(np.int64)
     pair_key, first = np.unique(hits.row[order] * n_names + name, return_index=True)  # best hit per (pair, name)
     p_name, p_score = pair_key % n_names, hits.score[order][first]
     _, inverse, count = np.unique((pair_key // n_names) * n_classes + name_class[p_name], return_inverse=True,

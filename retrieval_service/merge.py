@@ -91,8 +91,9 @@ def merge(hits: Hits, n_templates: int, n_queries: int, with_queries: bool = Tru
           query_class: np.ndarray | None = None) -> Merged:
     """One row per distinct corpus row: best similarity, hit count, classes and queries that found it.
 
-    ``query_class`` (int, one per query): the class each query counts for, when some queries search a
-    class's aliases; default ``query // n_templates``.
+    ``query_class`` (int, one per query): the class each query counts for -- tasks whose queries also
+    search a class's aliases or example images (retrieval_service.examples); default ``query // n_templates``.
+
     Cost: one float sort and three integer sorts of the hits (about 5 s for 4M hits on 2 cores)."""
     order = np.argsort(-hits.score, kind="stable")  # best hit first; every later "first" is a "best"
     row, score, query = hits.row[order], hits.score[order], hits.query[order]

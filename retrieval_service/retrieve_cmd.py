@@ -56,6 +56,14 @@ def retrieve(args: argparse.Namespace) -> int:
     dedup = None if args.no_dedup else args.dedup_threshold
     if args.out.suffix != ".parquet":
         raise ReactError(f"--out must name a .parquet file, got {args.out}")
+    if args.example_mode is not None and args.examples is None:
+        raise ReactError("--example-mode needs --examples DIR")
+    if args.examples is not None:
+        from retrieval_service.examples import read_examples_dir
+
+        args.examples_read = read_examples_dir(args.examples, classes.names)  # every image checked before any work
+    else:
+        args.examples_read = {}
     if getattr(args, "top_up", None) is not None:
         from retrieval_service.topup import top_up
 
@@ -68,7 +76,9 @@ def retrieve(args: argparse.Namespace) -> int:
     if args.json:
         write_text(args.json, json.dumps(report, indent=2) + "\n")
     summary = report["summary"]
-    console.print(f"subset: {args.out} ({summary['rows']} pairs from {summary['queries']} queries, "
+    examples = (f", {summary['examples']} of them example images ({summary['example_mode']})"
+                if summary.get("examples") else "")
+    console.print(f"subset: {args.out} ({summary['rows']} pairs from {summary['queries']} queries{examples}, "
                   f"{summary['hits']} hits, {summary['near_duplicates_collapsed']} near-duplicates collapsed, "
                   f"{summary['seconds']:.1f} s)", highlight=False)
     return 0
@@ -81,8 +91,8 @@ def _in_process(args, classes, templates, dedup) -> dict:
 
     spec = validate_spec(classes.names, templates, args.k, args.mode, args.threshold, dedup,
                          aliases=classes.aliases, per_class=args.per_class, include_queries=not args.no_queries,
-                         exclude=[str(p) for p in args.exclude],
-                         exclude_threshold=args.exclude_threshold)
+                         exclude=[str(p) for p in args.exclude], exclude_threshold=args.exclude_threshold,
+                         examples=args.examples_read, example_mode=args.example_mode)
     searcher = Searcher(args.index)
     model = load_index_model(searcher, args.model)
     exclusion = _embed_exclusions(model, spec.exclude) if spec.exclude else None
@@ -135,9 +145,17 @@ def _via_server(args, classes, templates, dedup) -> dict:
 def server_request(args: argparse.Namespace, classes: ClassesFile, templates: list[str], dedup: float | None,
                    k: int) -> dict:
     """The /v1/retrieve body for this command's task."""
-    return {"classes": classes.names, "aliases": classes.aliases, "per_class": args.per_class, "templates": templates, "k": k, "mode": args.mode, "index": args.index_name,
-            "threshold": args.threshold, "dedup_threshold": dedup, "include_queries": not args.no_queries,
-            "exclude": [str(x) for x in args.exclude], "exclude_threshold": args.exclude_threshold}
+    request = {"classes": classes.names, "aliases": classes.aliases, "per_class": args.per_class,
+               "templates": templates, "k": k, "mode": args.mode, "index": args.index_name,
+               "threshold": args.threshold, "dedup_threshold": dedup, "include_queries": not args.no_queries,
+               "exclude": [str(x) for x in args.exclude], "exclude_threshold": args.exclude_threshold}
+    examples = getattr(args, "examples_read", None)
+    if examples:
+        import base64
+
+        request["examples"] = {c: [base64.b64encode(raw).decode("ascii") for raw in raws] for c, raws in examples.items()}
+        request["example_mode"] = args.example_mode or "mix"
+    return request
 
 
 def _count(s: dict) -> str:

@@ -23,6 +23,9 @@ DEFAULT_MARGIN = 0.05  # the low-coverage rule's margin, in cosine (retrieval_se
 # A retrieved image this close (cosine) to an excluded evaluation image is dropped (retrieval_service.exclude);
 # calibrated on planted copies by benchmarks/decontam_calibrate.py (docs/service.md).
 DEFAULT_EXCLUDE_THRESHOLD = 0.95
+# Example images as queries (retrieval_service.examples): "mix" searches a class's text queries and its example
+# images, "only" searches just the images for the classes that have examples (the others keep their text queries).
+EXAMPLE_MODES = ("mix", "only")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class Limits:
     max_k: int = 1000
     max_text_chars: int = 500
     max_aliases: int = 100  # per class
+    max_examples_per_class: int = 16         # example images of one class (retrieval_service.examples)
+    max_examples: int = 1000                 # example images of one task
+    max_example_bytes: int = 8 << 20         # one example image (the service's image upload limit)
 
 
 class AliasConflict(ReactError):
@@ -61,6 +67,9 @@ class TaskSpec:
     aliases: dict[str, list[str]] = field(default_factory=dict)  # class -> more names searched for it
     per_class: int | None = None            # keep at most this many pairs per class (its best); None: no quota
     warnings: list[str] = field(default_factory=list)  # raised while validating (e.g. merged duplicates)
+    # class name -> encoded example images (jpg/png/webp bytes), searched image -> image (retrieval_service.examples)
+    examples: dict[str, list[bytes]] = field(default_factory=dict)
+    example_mode: str = "mix"               # see EXAMPLE_MODES
 
     def names(self) -> list[tuple[str, int]]:
         """Every searched name and the class it counts for: the class names first (query ``c * n_templates
@@ -70,14 +79,27 @@ class TaskSpec:
 
     @property
     def n_queries(self) -> int:
-        return len(self.names()) * len(self.templates)
+        """Text queries searched (names and aliases x templates; "only" drops those of classes with
+        examples) plus example images."""
+        searched = [c for _, c in self.names()
+                    if not (self.example_mode == "only" and self.classes[c] in self.examples)]
+        return len(searched) * len(self.templates) + self.n_examples
+
+    @property
+    def n_examples(self) -> int:
+        return sum(len(v) for v in self.examples.values())
 
     def queries(self) -> list[str]:
         return [t.format(name) for name, _ in self.names() for t in self.templates]
 
     def to_json(self) -> dict:
-        out = asdict(self)
+        examples, self.examples = self.examples, {}  # image bytes stay out of the report: counts instead
+        try:
+            out = asdict(self)
+        finally:
+            self.examples = examples
         out.pop("warnings")
+        out["examples"] = {c: len(v) for c, v in examples.items()}
         return out
 
 
@@ -147,6 +169,9 @@ def validate_spec(classes: Sequence, templates: Sequence | None, k: int, mode: s
     exclude_threshold = extra.get("exclude_threshold", DEFAULT_EXCLUDE_THRESHOLD)
     if not 0.0 < float(exclude_threshold) <= 1.0:
         raise ReactError(f"exclude_threshold must lie in (0, 1], got {exclude_threshold}")
+    if extra.get("examples") or "example_mode" in extra:
+        extra["examples"], extra["example_mode"] = validate_examples(
+            extra.get("examples") or {}, extra.get("example_mode"), names, limits)
     return TaskSpec(names, tmpl, k, mode, threshold, dedup_threshold, aliases=alias_map, per_class=per_class,
                     warnings=warnings, **extra)
 
@@ -193,3 +218,40 @@ def check_aliases(aliases: dict, classes: list[str], limits: Limits, warnings: l
         if len(kept) > limits.max_aliases:
             raise ReactError(f"aliases[{cls!r}]: {len(kept)} given, at most {limits.max_aliases} allowed")
     return {c: v for c, v in out.items() if v}
+
+
+def validate_examples(examples, example_mode: str | None, names: list[str],
+                      limits: Limits = Limits()) -> tuple[dict[str, list[bytes]], str]:
+    """Checked ``(examples, example_mode)``: every key one of the task's class names (spaces normalized
+    as class names are), every class 1..max_examples_per_class images of at most max_example_bytes.
+    Only sizes are checked here (no imaging library): decoding is retrieval_service.examples'."""
+    mode = "mix" if example_mode is None else example_mode
+    if mode not in EXAMPLE_MODES:
+        raise ReactError(f"example_mode must be one of {', '.join(EXAMPLE_MODES)}, got {example_mode!r}")
+    if not isinstance(examples, dict):
+        raise ReactError("examples: need a mapping of class name -> list of images")
+    known = set(names)
+    out: dict[str, list[bytes]] = {}
+    for key, images in examples.items():
+        name = " ".join(str(key).split())
+        if name not in known:
+            raise ReactError(f"examples: {key!r} is not one of the task's classes")
+        if name in out:
+            raise ReactError(f"examples: class {name!r} given twice")
+        if not isinstance(images, (list, tuple)) or not images:
+            raise ReactError(f"examples[{name!r}]: need a non-empty list of images")
+        if len(images) > limits.max_examples_per_class:
+            raise ReactError(f"examples[{name!r}]: {len(images)} images, at most {limits.max_examples_per_class} "
+                             "allowed")
+        for i, raw in enumerate(images):
+            if not isinstance(raw, (bytes, bytearray)) or not raw:
+                raise ReactError(f"examples[{name!r}][{i}]: empty or not image bytes")
+            if len(raw) > limits.max_example_bytes:
+                raise ReactError(f"examples[{name!r}][{i}]: {len(raw)} bytes, at most {limits.max_example_bytes} "
+                                 "allowed")
+        out[name] = [bytes(r) for r in images]
+    total = sum(len(v) for v in out.values())
+    if total > limits.max_examples:
+        raise ReactError(f"examples: {total} images, at most {limits.max_examples} allowed")
+    # Keep the task's class order, so the query plan (and its labels) does not depend on the mapping's order.
+    return {c: out[c] for c in names if c in out}, mode

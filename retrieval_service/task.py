@@ -31,6 +31,7 @@ from retrieval_service.abundance import Abundance
 from retrieval_service.coverage import (ABSOLUTE_RULE, LOW_COVERAGE_RULE, ClassStats, alias_stats, class_stats,
                                         count_warnings, flag_not_covered)
 from retrieval_service.dedup import NearDuplicates
+from retrieval_service.examples import EXAMPLE_BATCH, QueryPlan, comparable_stats, encode_examples, plan_queries
 from retrieval_service.exclude import Exclusion
 from retrieval_service.merge import Hits, collapse_rows, from_search, merge
 from retrieval_service.quota import drop_labels, quota_cuts
@@ -126,10 +127,8 @@ class TaskRetriever:
                              f"(it has {', '.join(self.searcher.modalities)})")
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        queries = spec.queries()
-        n_t, n_classes = len(spec.templates), len(spec.classes)
-        names = spec.names()  # class names, then aliases: query g * n_t + t searches name g
-        query_class = np.repeat(np.array([c for _, c in names], np.int32), n_t)
+        plan = plan_queries(spec)  # names, then aliases, then example images (retrieval_service.examples)
+        queries, query_class, n_t, n_classes = plan.labels, plan.query_class, len(spec.templates), len(spec.classes)
         parts: list[Hits] = []
         calibration = self._calibration(spec, timings)
         # Pairs above the task's threshold if it has one, else above the calibrated cut (per modality).
@@ -137,23 +136,23 @@ class TaskRetriever:
                       else {m: float(spec.threshold) for m in MODE_INDEX[spec.mode]})
         abundance = Abundance(len(spec.classes), query_class, spec.k, count_cuts)
         progress("search", 0, len(queries))
-        for lo in range(0, len(queries), spec.chunk):
+        for lo in range(0, len(plan.texts), spec.chunk):
             if cancelled and cancelled():
                 raise TaskCancelled("task cancelled")
-            batch = queries[lo : lo + spec.chunk]
+            batch = plan.texts[lo : lo + spec.chunk]
             vecs = self._timed("encode", timings, self.encode, batch, spec.batch_size)
             for modality in MODE_INDEX[spec.mode]:
                 scores, rows = self._timed("search", timings, self.searcher.search, vecs, spec.k, modality=modality)
                 self._timed("count", timings, abundance.add, self.searcher, modality, lo, vecs, scores, rows)
-                hits = from_search(scores, rows, lo)
-                if spec.threshold is not None:
-                    hits = hits.select(hits.score >= spec.threshold)
-                parts.append(hits)
+                parts.append(self._kept(from_search(scores, rows, lo), spec))
             progress("search", min(lo + spec.chunk, len(queries)), len(queries))
+        if plan.images:
+            parts.extend(self._search_examples(plan, spec, timings, progress, cancelled))
         hits = Hits.concat(parts)
         del parts
         raw_per_class = np.bincount(query_class[hits.query], minlength=n_classes)
-        raw_per_name = np.bincount(hits.query // n_t, minlength=len(names))
+        named = plan.query_name[hits.query]
+        raw_per_name = np.bincount(named[named >= 0], minlength=len(plan.names))
 
         def merged_hits(hits: Hits):
             return self._timed("merge", timings, merge, hits, n_t, len(queries), spec.include_queries, query_class)
@@ -167,7 +166,7 @@ class TaskRetriever:
             drop = self._timed("exclude", timings, self._contaminated, merged.row, exclusion, spec.exclude_threshold)
             if drop.size:
                 gone = np.isin(hits.row, drop)
-                pairs = np.unique(np.stack([hits.row[gone], query_class[hits.query[gone]]]), axis=1)
+                pairs = np.unique(np.stack([hits.row[gone], query_class[hits.query[gone]].astype(np.int64)]), axis=1)
                 excluded = np.bincount(pairs[1], minlength=n_classes)
                 hits = hits.select(~gone)
                 merged = merged_hits(hits)
@@ -192,11 +191,12 @@ class TaskRetriever:
                 groups = {r: n for r, n in groups.items() if r in kept}
         progress("metadata", 0, 1)
         table = self._timed("metadata", timings, self._table, merged, spec, queries, groups)
-        stats, warnings = class_stats(merged, spec.classes, n_t, raw_per_class, spec.coverage_margin)
+        stats, warnings = class_stats(merged, spec.classes, plan.per_class, raw_per_class, spec.coverage_margin)
+        if plan.images:  # similarity figures on the text queries' scale, so classes compare
+            stats, warnings = comparable_stats(stats, hits, plan, spec)
         for row, n, c in zip(stats, excluded.tolist(), cut.tolist()):
             row.excluded, row.cut = int(n), int(c)
-            row.queries = n_t * (1 + len(spec.aliases.get(row.name, ())))
-        warnings += alias_stats(hits, names, n_t, raw_per_name, stats, spec.coverage_margin)
+        warnings += alias_stats(hits, plan.names, plan.query_name, n_t, raw_per_name, stats, spec.coverage_margin)
         coverage_cut = max((c["cut"] for c in calibration.values()), default=None)
         warnings += flag_not_covered(stats, coverage_cut)
         if count_cuts:
@@ -208,12 +208,13 @@ class TaskRetriever:
             warnings.insert(0, self.dups.unavailable)
         summary = {"index": str(self.searcher.root), "model": self.searcher.model, "classes": len(spec.classes),
                    "templates": n_t, "queries": len(queries), "k": spec.k, "mode": spec.mode,
+                   "examples": len(plan.images), "example_mode": spec.example_mode if plan.images else None,
                    "threshold": spec.threshold, "dedup_threshold": spec.dedup_threshold, "hits": int(n_hits),
                    "unique_pairs": distinct, "near_duplicates_collapsed": unique_before - before_quota,
                    "exclude": list(exclusion.names) if exclusion is not None else [],
                    "exclude_threshold": spec.exclude_threshold if exclusion is not None else None,
                    "excluded_images": sum(exclusion.sizes.values()) if exclusion is not None else 0,
-                   "excluded": distinct - unique_before, "aliases": len(names) - n_classes,
+                   "excluded": distinct - unique_before, "aliases": len(plan.names) - n_classes,
                    "per_class": spec.per_class, "quota_cut": int(cut.sum()),
                    "quota_rows_dropped": before_quota - len(merged),
                    "rows": len(merged), "coverage_cut": coverage_cut, "count_similarity": count_cuts or None,
@@ -235,6 +236,29 @@ class TaskRetriever:
             if cal is not None:
                 found[modality] = cal
         return found
+
+    @staticmethod
+    def _kept(hits: Hits, spec: TaskSpec) -> Hits:
+        return hits.select(hits.score >= spec.threshold) if spec.threshold is not None else hits
+
+    def _search_examples(self, plan: QueryPlan, spec: TaskSpec, timings: dict, progress: ProgressFn,
+                         cancelled: Callable[[], bool] | None) -> list[Hits]:
+        """The example images' hits: encoded with the index's model, searched image -> image."""
+        if "image" not in self.searcher.modalities:
+            raise ReactError(f"example images are searched on the image index, which {self.searcher.root} lacks "
+                             f"(it has {', '.join(self.searcher.modalities)})")
+        first, parts = len(plan.texts), []
+        labels = plan.labels[first:]
+        for lo in range(0, len(plan.images), EXAMPLE_BATCH):
+            if cancelled and cancelled():
+                raise TaskCancelled("task cancelled")
+            vecs = self._timed("encode", timings, encode_examples, self.model, plan.images[lo : lo + EXAMPLE_BATCH],
+                               labels[lo : lo + EXAMPLE_BATCH])
+            scores, rows = self._timed("search", timings, self.searcher.search, vecs, spec.k, modality="image",
+                                       query_modality="image")
+            parts.append(self._kept(from_search(scores, rows, first + lo), spec))
+            progress("search", min(first + lo + EXAMPLE_BATCH, plan.n_queries), plan.n_queries)
+        return parts
 
     def _contaminated(self, rows: np.ndarray, exclusion: Exclusion, threshold: float) -> np.ndarray:
         """The ``rows`` whose image is within ``threshold`` of an excluded image."""

@@ -169,7 +169,8 @@ class _Retriever:
         # no --per-class here: a top-up wants every candidate; the shortfall per class is its own quota
         spec = validate_spec(classes, self.templates, k, args.mode, args.threshold, self.dedup, aliases=self.aliases,
                              include_queries=not args.no_queries, exclude=[str(p) for p in args.exclude],
-                             exclude_threshold=args.exclude_threshold)
+                             exclude_threshold=args.exclude_threshold,
+                             examples=getattr(args, "examples_read", None) or {}, example_mode=args.example_mode)
         result = self.task.run(spec, lambda stage, done, total: show(done, total), exclusion=self.exclusion)
         return result.table, json.loads(result.table.schema.metadata[SUBSET_TASK_KEY.encode()])
 

@@ -85,6 +85,18 @@ def build_image_index(root: Path, model, model_dir: Path) -> Path:
             (corpus / "images" / f"{key}.jpg").write_bytes(_picture(COLORS[cls], 10 * ci + i))
             rows.append({"key": key, "caption": f"a drawn {cls}, number {i}", "image_path": f"images/{key}.jpg"})
             vecs.append(vector(np.where(np.arange(len(CLASSES)) == ci, 1.0, -0.5) * (1 - 0.05 * i)))
+    # The picture the page uploads as an example of cat. Its row's vector is the model's own embedding of
+    # it, moved within the prompts' span only so that every prompt scores it negative: no text query shows
+    # it, and an image query with the same picture finds it first.
+    example = _picture((230, 60, 160), 77)
+    (corpus / "images" / "cat-example.jpg").write_bytes(example)
+    (root / "example.jpg").write_bytes(example)
+    pixels = model.preprocess(Image.open(io.BytesIO(example)).convert("RGB")).unsqueeze(0)
+    seen = null @ model.encode_images(pixels).numpy()[0].astype(np.float64)
+    away = pinv @ np.repeat(-np.ones(len(CLASSES)), len(templates))
+    rows.append({"key": "cat-example", "caption": "the cat example's own picture",
+                 "image_path": "images/cat-example.jpg"})
+    vecs.append(seen + 0.2 * np.linalg.norm(seen) * away / np.linalg.norm(away))
     # Rows no class query comes near: they exist only for the endpoint's refusals.
     bad = {"escape": "../outside.jpg", "absolute": str(root / "outside.jpg"), "text": "notes.txt",
            "gone": "images/missing.jpg", "none": None}
@@ -111,6 +123,7 @@ def keyed(tmp_path_factory, tiny_model, tiny_model_dir):
     cfg = ServiceConfig(indices={"pics": index}, state_dir=root / "state", api_keys=frozenset({KEY}))
     with LiveServer(create_app(cfg)) as live:
         live.rows = {r["key"]: i for i, r in enumerate(pq.read_table(root / "corpus" / "retrieval.parquet").to_pylist())}
+        live.example = root / "example.jpg"
         yield live
 
 
@@ -226,6 +239,31 @@ def test_browse_page_in_chromium(keyed, tmp_path):
         if shot:
             Path(shot).parent.mkdir(parents=True, exist_ok=True)
             Path(shot).write_bytes(png)
+
+        # An example image for cat, uploaded and searched by itself: its own picture leads cat's section.
+        driver.find_element(By.CSS_SELECTOR, "#examplebox summary").click()
+        driver.find_element(By.CSS_SELECTOR, '#examples input[type=file][data-class="cat"]').send_keys(
+            str(keyed.example))
+        Select(driver.find_element(By.ID, "example-mode")).select_by_value("only")
+        k.clear()
+        k.send_keys("1")  # the picture's best match only (its next ones include rows whose images are missing)
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "example image" in d.find_element(By.ID, "totals").text
+                   or d.execute_script("return document.body.dataset.state") == "error")
+        wait.until(lambda d: d.execute_script("return document.body.dataset.state") in ("done", "error"))
+        assert driver.execute_script("return document.body.dataset.state") == "done", \
+            driver.find_element(By.ID, "status").text
+        assert "1 example image (only)" in driver.find_element(By.ID, "totals").text
+        cat = driver.find_element(By.CSS_SELECTOR, '#results section.cls[data-class="cat"]')
+        first = cat.find_element(By.CSS_SELECTOR, "figure.card")
+        assert first.find_element(By.CLASS_NAME, "cap").text == "the cat example's own picture"
+        # Its vector keeps only the part of the picture's embedding outside the prompts' span: about 0.66.
+        sims = [float(x.text) for x in cat.find_elements(By.CLASS_NAME, "sim")]
+        assert len(sims) == 1 and sims[0] > 0.5, sims
+        assert first.find_element(By.TAG_NAME, "img").get_attribute("src").startswith("blob:")
+        for other in ("dog", "car"):  # still searched by their names
+            sec = driver.find_element(By.CSS_SELECTOR, f'#results section.cls[data-class="{other}"]')
+            assert all(other in c.text for c in sec.find_elements(By.CLASS_NAME, "cap"))
 
         # Nothing went wrong in the page but the one refusal it was meant to get (the call made without a key).
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]

@@ -209,7 +209,7 @@ def test_weak_alias_is_flagged():
     hits = Hits(np.array([1, 2, 3, 8, 9, 1], np.int64), np.array([0.5, 0.5, 0.5, 0.2, 0.2, 0.45], np.float32),
                 np.array([0, 0, 0, 1, 1, 1], np.int32))
     stats = [ClassStats("tool", 2, 6, 5, 5, 0.4, 0.2, 0.5, 0.5, 0.5)]
-    warnings = alias_stats(hits, [("tool", 0), ("tol", 0)], 1, np.array([3, 3]), stats)
+    warnings = alias_stats(hits, [("tool", 0), ("tol", 0)], np.array([0, 1], np.int32), 1, np.array([3, 3]), stats)
     assert stats[0].aliases == [{"alias": "tol", "queries": 1, "hits": 3, "unique": 3, "only": 2,
                                  "coverage": pytest.approx(0.2833, abs=1e-4), "weak": True}]
     assert len(warnings) == 1 and "'tol' of class 'tool' is weak" in warnings[0]

@@ -47,7 +47,7 @@ def common_dim(indices: dict[str, Path]) -> Optional[int]:
 
 def create_app(cfg: ServiceConfig, load_in_background: bool = True) -> FastAPI:
     svc = RetrievalService(cfg)
-    models = request_models(cfg.max_search_k, cfg.limits, common_dim(cfg.indices))
+    models = request_models(cfg.max_search_k, cfg.task_limits, common_dim(cfg.indices))
     app = FastAPI(title="react-clip retrieval service", version="1", lifespan=_lifespan(svc, load_in_background))
     app.state.cfg, app.state.registry, app.state.jobs, app.state.metrics = cfg, svc.registry, svc.jobs, svc.metrics
     install_error_handlers(app)

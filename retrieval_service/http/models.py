@@ -186,7 +186,27 @@ def request_models(max_search_k: int = config_default("max_search_k"), limits: L
             None, description="keep at most this many pairs per class after merging, exclusion and collapse "
                               "(its best by similarity); null: no quota. k stays per query")
 
+        examples: example_images_type(limits) = Field(  # type: ignore[valid-type]
+            None, max_length=limits.max_classes,
+            description=f"example images as queries: class name (one of classes) -> base64 images (jpg, png, webp; "
+                        f"a data: URL is accepted too), 1 to {limits.max_examples_per_class} a class, each at most "
+                        f"{limits.max_example_bytes} bytes, {limits.max_examples} in all; each is encoded with the "
+                        f"index's model, searched on the image index, and its hits merged under the class "
+                        f"(queries column: example:<class>#<i>)")
+        example_mode: Optional[Literal["mix", "only"]] = Field(
+            None, description="mix (default): text and example queries; only: a class with examples is searched "
+                              "by its images alone")
+
     return SimpleNamespace(SearchRequest=SearchRequest, RetrieveRequest=RetrieveRequest, dim=dim)
+
+
+def example_images_type(limits: Limits) -> type:
+    """``examples``' type: {class name: [base64 image, ...]} with the task's limits stated in the schema."""
+    b64 = Annotated[str, Field(min_length=1, max_length=(limits.max_example_bytes * 4) // 3 + 8)]
+    # No pattern on the key: JSON Schema would leave a non-matching key's value unchecked (patternProperties);
+    # a key that names none of the task's classes is a 400 anyway.
+    name = Annotated[str, Field(min_length=1, max_length=limits.max_text_chars)]
+    return Optional[dict[name, Annotated[list[b64], Field(min_length=1, max_length=limits.max_examples_per_class)]]]
 
 
 _DEFAULT = request_models()

@@ -11,24 +11,35 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from retrieval_service.errors import ServiceError
+from retrieval_service.examples import check_examples
 from retrieval_service.http.models import Deleted, InlineResult, JobInfo, errors
+from retrieval_service.images import decode_base64
 from retrieval_service.jobs import check_result
 from retrieval_service.service import RetrievalService
 from retrieval_service.spec import TaskSpec, validate_spec
 
 
 def task_spec(req, limits) -> TaskSpec:
-    """The checked task of a RetrieveRequest; templates name a built-in set or are given as a list."""
+    """The checked task of a RetrieveRequest; templates name a built-in set or are given as a list;
+    example images arrive as base64 (decoded as /v1/search decodes a query image)."""
     from react.templates import TEMPLATE_SETS
 
     if isinstance(req.templates, str) and req.templates.lower() not in TEMPLATE_SETS:
         # A name only: the service never opens a file a client names.
         raise ServiceError(f"templates: unknown set {req.templates!r} (known: {', '.join(TEMPLATE_SETS)}; "
                            "or send a list)")
+    examples = {}
+    for name, images in (req.examples or {}).items():
+        examples[name] = []
+        for i, data in enumerate(images):
+            try:
+                examples[name].append(decode_base64(data, limits.max_example_bytes))
+            except ServiceError as exc:
+                raise ServiceError(f"examples[{name!r}][{i}]: {exc}", exc.status) from None
     return validate_spec(req.classes, req.templates, req.k, req.mode, req.threshold, req.dedup_threshold,
                          limits, aliases=req.aliases, per_class=req.per_class,
                          include_queries=req.include_queries, exclude=list(req.exclude),
-                         exclude_threshold=req.exclude_threshold)
+                         exclude_threshold=req.exclude_threshold, examples=examples, example_mode=req.example_mode)
 
 
 def job_info(job) -> dict:
@@ -56,11 +67,15 @@ def router(svc: RetrievalService, RetrieveRequest: type) -> APIRouter:
               | errors(400, 401, 404, 409, 413, 422, 429, 503))
     async def retrieve(req: RetrieveRequest):
         idx = registry.get(req.index)
-        spec = task_spec(req, cfg.limits)
+        spec = task_spec(req, cfg.task_limits)
         exclusion = idx.exclusion(spec.exclude)
+        if spec.examples:
+            idx.require_model()  # 409 now, not a failed job
+            await run_in_threadpool(check_examples, spec)  # an undecodable example: 400 naming it
         if req.inline and spec.n_queries <= cfg.inline_max_queries:
             return inline_answer(await run_in_threadpool(idx.retriever.run, spec, None, None, exclusion))
-        request = req.model_dump() | {"index": idx.name, "templates": spec.templates, "classes": spec.classes}
+        request = req.model_dump() | {"index": idx.name, "templates": spec.templates, "classes": spec.classes,
+                                      "examples": {c: len(v) for c, v in spec.examples.items()}}  # counts, not bytes
 
         def work(job):
             return idx.retriever.run(spec, jobs.progress_fn(job), job.cancel.is_set, exclusion)

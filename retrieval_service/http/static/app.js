@@ -144,6 +144,7 @@ function renderCoverage(report) {
   const s = report.summary || {};
   $("totals").textContent = `${(s.rows ?? 0).toLocaleString()} pairs from ${s.queries} queries ` +
     `(${s.classes} classes \u00d7 ${s.templates} templates, k=${s.k}, ${s.mode}) \u00b7 ` +
+    (s.examples ? `+ ${s.examples} example image${s.examples > 1 ? "s" : ""} (${s.example_mode}) \u00b7 ` : "") +
     `${(s.hits ?? 0).toLocaleString()} hits \u00b7 ${s.near_duplicates_collapsed ?? 0} near-duplicates collapsed \u00b7 ${s.seconds} s`;
   $("warnings").replaceChildren(...(report.warnings || []).map((w) => el("li", null, w)));
   $("coverage").tBodies[0].replaceChildren(...(report.classes || []).map((c, i) => {
@@ -242,6 +243,45 @@ function parseClasses(text) {
   return text.split(/[\n,]/).map((s) => s.trim().replace(/\s+/g, " ")).filter((s) => s && !seen.has(s) && seen.add(s));
 }
 
+// --- example images: one file input per class, kept while the class stays in the list ----------------
+const exampleInputs = new Map();  // class name -> its <input type=file>
+function renderExampleInputs() {
+  const rows = parseClasses($("classes").value).map((name) => {
+    if (!exampleInputs.has(name)) {
+      const input = el("input");
+      input.type = "file";
+      input.multiple = true;
+      input.accept = "image/jpeg,image/png,image/webp";
+      input.dataset.class = name;
+      input.setAttribute("aria-label", `example images of ${name}`);
+      exampleInputs.set(name, input);
+    }
+    const row = el("label", "example-row");
+    row.append(el("span", null, name), exampleInputs.get(name));
+    return row;
+  });
+  $("examples").replaceChildren(...rows);
+}
+
+function dataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);  // data:image/...;base64,... (the service accepts data URLs)
+    reader.onerror = () => reject(new Error(`cannot read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+// {class: [data URL, ...]} for the classes of this task that have example files chosen.
+async function readExamples(classes) {
+  const out = {};
+  for (const name of classes) {
+    const files = Array.from(exampleInputs.get(name)?.files || []);
+    if (files.length) out[name] = await Promise.all(files.map(dataUrl));
+  }
+  return out;
+}
+
 // A task over the inline limit becomes a job: wait for it and show its coverage (no rows come inline).
 async function waitForJob(job, run) {
   for (;;) {
@@ -267,6 +307,8 @@ async function submit(event) {
   try {
     const task = { classes, k: Number($("k").value), mode: $("mode").value, templates: $("templates").value,
                    index, inline: true };
+    const examples = await readExamples(classes);
+    if (Object.keys(examples).length) Object.assign(task, { examples, example_mode: $("example-mode").value });
     const [{ status, body }, local] = await Promise.all([
       api("/v1/retrieve", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(task) }),
       index ? localImages(index) : Promise.resolve(false)]);
@@ -300,5 +342,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("keyform").addEventListener("submit", (e) => { e.preventDefault(); key.dispatchEvent(new Event("change")); });
   $("task").addEventListener("submit", submit);
+  $("classes").addEventListener("input", renderExampleInputs);
+  renderExampleInputs();
   loadIndices();
 });
