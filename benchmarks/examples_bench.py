@@ -37,19 +37,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from react.datasets import build_classification_dataset, seal_splits  # noqa: E402
+from react.datasets import seal_splits  # noqa: E402
+from retrieval_service.examples import dataset_examples, write_examples_dir  # noqa: E402
 from react.schemas import write_text  # noqa: E402
 
 
 def example_bytes(corpus: Path, k: int) -> dict[str, list[bytes]]:
     """The first ``k`` validation images of each class, as files' bytes (what --examples DIR sends)."""
-    ds = build_classification_dataset(corpus, "val")
-    out: dict[str, list[bytes]] = {}
-    for path, label in zip(ds.paths, ds.labels):
-        name = ds.classnames[label]
-        if len(out.setdefault(name, [])) < k:
-            out[name].append(Path(path).read_bytes())
-    return out
+    return {name: [p.read_bytes() for p in paths] for name, paths in dataset_examples(corpus, "val", k).items()}
 
 
 def score(table, labels: np.ndarray, classes: list[str], templates: list[str]) -> dict:
@@ -101,13 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     seal_splits("test")  # examples come from the validation half only
     if args.write_examples is not None:
-        from react.schemas import atomic_dir
-
-        with atomic_dir(args.write_examples) as tmp:
-            for name, raws in example_bytes(args.corpus.expanduser(), args.ks[0]).items():
-                (tmp / name).mkdir(parents=True)
-                for i, raw in enumerate(raws):
-                    (tmp / name / f"{i}.jpg").write_bytes(raw)
+        write_examples_dir(dataset_examples(args.corpus.expanduser(), "val", args.ks[0]), args.write_examples)
         print(f"{args.write_examples}: {args.ks[0]} validation images per class")
         return 0
 

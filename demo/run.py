@@ -11,14 +11,12 @@ from typing import Iterator
 
 from react.errors import ReactError
 from react.progress import console
-from react.schemas import CLASSES_FILE, CORPUS_MANIFEST, TEMPLATES_FILE, write_text
+from react.schemas import CORPUS_MANIFEST, write_text
 
 
 # report labels of the customization variants (demo.customize_runs.VARIANTS)
 _LABELS = {"gated": "gated-image", "locked-text": "locked-text", "random": "random-subset"}
 RETRIEVE_MODE = "t2t"
-ALIASES = Path(__file__).with_name("aliases.txt")  # CLASS|ALIAS|ALIAS for the demo task's classes
-ALIAS_QUOTA = 20  # --per-class of the alias retrieval
 HELDOUT = "heldout"  # the exclusion set naming the held-out task (both its validation and test halves)
 
 
@@ -51,6 +49,7 @@ def _step(name: str, argv: list[str], timings: dict[str, float]) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from demo.customize_runs import random_subset, react_effect
+    from demo.shaping import alias_retrieval, coverage_line, example_retrieval, link_rot, task_args
     from demo.transfer import evaluate, evaluation_suite, report, transfer_suite, transfer_summary
     from react.embedded.corpus import fetch_embedded
 
@@ -82,21 +81,19 @@ def run_demo(args: argparse.Namespace) -> int:
     subset = out / "subset.parquet"
     # Decontamination: the whole held-out task (both splits) is an exclusion set of the service, so no
     # retrieved pair is one of the images the customized model is scored on, or a copy of one.
+    step = lambda name, argv: _step(name, argv, timings)  # noqa: E731
     with _service(index, out / "service", timings, exclude={HELDOUT: corpus}) as url:
-        _step("retrieve", ["retrieve", "--server", url, "--classes", str(corpus / CLASSES_FILE), "--templates",
-                           str(corpus / TEMPLATES_FILE), "--k", "50", "--mode", RETRIEVE_MODE, "--out", str(subset),
-                           "--exclude", HELDOUT, "--json", str(out / "subset_report.json")], timings)
-        # The same task expanded by aliases and capped per class: shown next to the plain subset (not
-        # trained on; benchmarks/classes_bench.py measures precision with and without each).
-        _step("retrieve-aliases", ["retrieve", "--server", url, "--classes", str(ALIASES), "--templates",
-                                   str(corpus / TEMPLATES_FILE), "--k", "50", "--mode", RETRIEVE_MODE,
-                                   "--per-class", str(ALIAS_QUOTA), "--out", str(out / "subset_aliases.parquet"),
-                                   "--exclude", HELDOUT, "--json", str(out / "subset_aliases_report.json")], timings)
-    subset_summary = _subset_summary(out / "subset_report.json")
-    subset_summary["with_aliases"] = _aliases_summary(out / "subset_aliases_report.json")
-    console.print(f"decontamination: {subset_summary['excluded']} retrieved pairs were (copies of) the "
-                  f"{subset_summary['excluded_images']} held-out images and were dropped", highlight=False)
-    download_summary = _download(corpus, subset, out / "shards", timings)
+        _step("retrieve", ["retrieve", "--server", url, *task_args(corpus, RETRIEVE_MODE, HELDOUT),
+                           "--out", str(subset), "--json", str(out / "subset_report.json")], timings)
+        subset_summary = _subset_summary(out / "subset_report.json")
+        console.print(f"decontamination: {subset_summary['excluded']} retrieved pairs were (copies of) the "
+                      f"{subset_summary['excluded_images']} held-out images and were dropped", highlight=False)
+        subset_summary["coverage"] = coverage_line(out / "subset_report.json")
+        # Beside the plain subset (never trained on here): aliases + a quota, and example images.
+        subset_summary["with_aliases"] = alias_retrieval(step, url, corpus, out, RETRIEVE_MODE, HELDOUT)
+        subset_summary["with_examples"] = example_retrieval(step, url, corpus, out, RETRIEVE_MODE, HELDOUT)
+        download_summary = _download(corpus, subset, out / "shards", timings)
+        download_summary["link_rot"] = link_rot(step, url, corpus, subset, out, RETRIEVE_MODE, HELDOUT)
     # The control: as many random corpus pairs as were retrieved, downloaded the same way.
     control = out / "control"
     random_subset(corpus, download_summary["downloaded"], args.seed, control / "subset.parquet")
@@ -106,7 +103,6 @@ def run_demo(args: argparse.Namespace) -> int:
     effect = react_effect(lambda name, argv: _step(name, argv, timings), out, corpus, base,
                           base_eval, {"retrieved": out / "shards", "random": control / "shards"})
 
-    step = lambda name, argv: _step(name, argv, timings)  # noqa: E731
     suite = transfer_suite(step, out / "results", corpus, {"base": base, "gated-image": out / "customized"})
     # ELEVATER-style: every seed of the method on each task of the embedded suite, targeted or not
     gated_runs = [out / "run"] + [out / "runs" / f"gated-s{s}" for s in effect["seeds"][1:]]
@@ -165,7 +161,7 @@ def _download(corpus: Path, subset: Path, shards: Path, timings: dict[str, float
     s = json.loads((shards / DOWNLOAD_MANIFEST).read_text())["summary"]
     return {"requested": s["requested"], "downloaded": s["downloaded"], "failed": s["failed"],
             "failed_by_reason": s["failed_by_reason"], "shards": s["shards"], "warnings": len(s["warnings"]),
-            "seconds": timings[name], "images_served": web.served}
+            "seconds": timings[name], "images_served": web.served, "safety": s.get("safety")}
 
 
 def _same_model(embeddings: Path, model: Path) -> bool:
@@ -254,16 +250,6 @@ def _wait_ready(url: str, proc, timeout_s: float = 120.0) -> None:
             pass
         time.sleep(0.3)
     raise ReactError(f"react serve at {url} not ready after {timeout_s:.0f} s")
-
-
-def _aliases_summary(report_path: Path) -> dict:
-    """Rows, quota cuts and the aliases flagged weak of the alias retrieval."""
-    report = json.loads(report_path.read_text())
-    summary = report.get("summary", report)
-    weak = [f"{row['name']}|{a['alias']}" for row in report.get("classes", []) for a in row.get("aliases", [])
-            if a.get("weak")]
-    return {"aliases": summary["aliases"], "per_class": summary["per_class"], "rows": summary["rows"],
-            "quota_cut": summary["quota_cut"], "weak_aliases": weak}
 
 
 def _subset_summary(report_path: Path) -> dict:

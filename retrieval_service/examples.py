@@ -173,3 +173,30 @@ def read_examples_dir(root: Path, classes: list[str]) -> dict[str, list[bytes]]:
     if not out:
         raise ReactError(f"--examples {root}: no class folder inside")
     return out
+
+
+def dataset_examples(dataset: str | Path, split: str, k: int) -> dict[str, list[Path]]:
+    """The first ``k`` images of each class of a classification dataset's ``split`` (react.datasets),
+    e.g. a task's validation half -- examples taken from a split that is not scored."""
+    from react.datasets import build_classification_dataset
+
+    ds = build_classification_dataset(str(dataset), split)
+    out: dict[str, list[Path]] = {}
+    for path, label in zip(ds.paths, ds.labels):
+        chosen = out.setdefault(ds.classnames[label], [])
+        if len(chosen) < k:
+            chosen.append(Path(path))
+    return out
+
+
+def write_examples_dir(examples: dict[str, list[Path]], out: Path) -> Path:
+    """``examples`` in the folder form ``react retrieve --examples DIR`` reads (written atomically)."""
+    from react.schemas import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        for name, paths in examples.items():
+            (tmp / name).mkdir(parents=True)
+            for i, path in enumerate(paths):
+                (tmp / name / f"{i}{path.suffix.lower()}").write_bytes(path.read_bytes())
+    return out
+
