@@ -135,10 +135,10 @@ def test_page_is_public_and_data_needs_the_key(keyed):
     page = _get(keyed, "/", key=None)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    for name, kind in (("app.js", "javascript"), ("style.css", "css")):
+    for name, kind in (("app.js", "javascript"), ("coverage.js", "javascript"), ("style.css", "css")):
         r = _get(keyed, f"/static/{name}", key=None)
         assert r.status_code == 200 and kind in r.headers["content-type"]
-    assert _get(keyed, "/static/../app.py", key=None).status_code in (401, 404)  # only the three page files
+    assert _get(keyed, "/static/../app.py", key=None).status_code in (401, 404)  # only the page's four files
     for path in ("/v1/indices", "/v1/indices/pics/images", f"/v1/indices/pics/rows/{keyed.rows['cat-0']}/image"):
         assert _get(keyed, path, key=None).status_code == 401, path
         assert _get(keyed, path, key="wrong").status_code == 401, path
@@ -314,3 +314,131 @@ def test_webdataset_members_are_read_inside_their_shard(tmp_path):
         with pytest.raises(ServiceError) as err:
             tar_member(shards.resolve(), ref)
         assert err.value.status == status, ref
+
+
+# Records the body of every POST /v1/retrieve the page makes (the page calls the global fetch at call time).
+RECORD_RETRIEVE = """window.sentTasks = [];
+const realFetch = window.fetch;
+window.fetch = (path, opts) => {
+  if (String(path).endsWith('/v1/retrieve')) window.sentTasks.push(opts && opts.body);
+  return realFetch(path, opts);
+};"""
+
+
+@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                    reason=f"{CHROMIUM} or {CHROMEDRIVER} missing (scripts/test_deps.sh installs them as root)")
+def test_aliases_and_quota_in_chromium(keyed, tmp_path):
+    """Aliases and a per-class quota typed into the page: the coverage table shows an indented row per alias and
+    a cut column, with the figures the API gives for the very request the page sent; an alias line naming no
+    typed class is refused in the page and nothing is sent."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]:
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
+    state = lambda d: d.execute_script("return document.body.dataset.state")  # noqa: E731
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(keyed.url + "/")
+        driver.execute_script("localStorage.setItem('react.apiKey', arguments[0])", KEY)
+        driver.refresh()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#index option"))
+        driver.execute_script(RECORD_RETRIEVE)
+
+        def fill(field: str, text: str) -> None:
+            box = driver.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(text)
+
+        def run() -> None:
+            driver.execute_script("document.body.dataset.state = 'idle'")
+            driver.find_element(By.ID, "go").click()
+            wait.until(lambda d: state(d) in ("done", "error"))
+            assert state(driver) == "done", driver.find_element(By.ID, "status").text
+
+        fill("classes", "cat\ndog, car")
+        fill("k", "4")
+        # bicycle: car's quota of 2 keeps pairs the class name found, so the alias adds nothing and is WEAK
+        fill("aliases", "cat|kitty| house  cat\n\ncar|bicycle")
+        fill("per-class", "2")
+        run()
+        sent = [json.loads(b) for b in driver.execute_script("return window.sentTasks")]
+        assert len(sent) == 1
+        task = sent[0]
+        assert task["aliases"] == {"cat": ["kitty", "house cat"], "car": ["bicycle"]} and task["per_class"] == 2
+        api = httpx.post(keyed.url + "/v1/retrieve", json=task, headers={"X-API-Key": KEY}, timeout=60)
+        assert api.status_code == 200, api.text
+        report = api.json()["report"]
+        summary = report["summary"]
+        assert summary["aliases"] == 3 and summary["per_class"] == 2 and summary["quota_cut"] > 0
+        # the data exercises both: a class the quota cut, a WEAK alias
+        assert any(c["cut"] > 0 for c in report["classes"])
+        assert any(a["weak"] for c in report["classes"] for a in c["aliases"])
+
+        header = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#coverage thead th")]
+        assert header[:5] == ["class", "hits", "unique", "excl.", "cut"], header
+        rows = driver.find_elements(By.CSS_SELECTOR, "#coverage tbody tr")
+        expected = [item for c in report["classes"] for item in [(c, None)] + [(c, a) for a in c["aliases"]]]
+        assert len(rows) == len(expected) == 6
+        for row, (c, alias) in zip(rows, expected):
+            cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+            assert len(cells) == len(header), cells
+            kind = row.get_attribute("class").split()
+            if alias is None:
+                assert "class" in kind and "alias" not in kind
+                assert cells[:5] == [c["name"], str(c["hits"]), str(c["unique"]), str(c["exclusive"]), str(c["cut"])]
+                assert abs(float(cells[5]) - c["coverage"]) < 6e-4
+                continue
+            assert "alias" in kind and row.get_attribute("data-alias") == alias["alias"]
+            assert cells[:5] == [alias["alias"], str(alias["hits"]), str(alias["unique"]), str(alias["only"]), ""]
+            if alias["coverage"] is None:
+                assert cells[5] == "\u2013"
+            else:
+                assert abs(float(cells[5]) - alias["coverage"]) < 6e-4
+            badges = [b.text for b in row.find_elements(By.CSS_SELECTOR, "td.flags .badge")]
+            assert badges == (["WEAK"] if alias["weak"] else []), (alias, badges)
+            # indented and dimmed against its class's row
+            name_cell = row.find_element(By.TAG_NAME, "td")
+            assert float(name_cell.value_of_css_property("padding-left").rstrip("px")) > 20
+            assert name_cell.value_of_css_property("color") != \
+                rows[0].find_element(By.TAG_NAME, "td").value_of_css_property("color")
+        quota = driver.find_element(By.ID, "quota").text
+        assert f"Quota 2 per class: {summary['quota_cut']} class labels cut" in quota, quota
+        assert f"{summary['quota_rows_dropped']} pairs left the subset" in quota, quota
+        assert f"{summary['rows']} pairs remain" in quota, quota
+        assert "+ 3 aliases" in driver.find_element(By.ID, "totals").text
+
+        # An alias line whose class is not one of the typed classes: the page says so and sends nothing.
+        fill("aliases", "cat|kitty\nbus|coach")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "bus" in d.find_element(By.ID, "status").text)
+        status = driver.find_element(By.ID, "status")
+        assert "Aliases line 2" in status.text and "not one of the class names" in status.text, status.text
+        assert "error" in status.get_attribute("class").split() and status.is_displayed()
+        assert driver.find_element(By.ID, "aliases").get_attribute("aria-invalid") == "true"
+        assert len(driver.execute_script("return window.sentTasks")) == 1
+        fill("aliases", "cat||kitty")  # an empty name between bars, as the classes file refuses it
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "empty name" in d.find_element(By.ID, "status").text)
+        assert len(driver.execute_script("return window.sentTasks")) == 1
+
+        # Neither aliases nor a quota: no alias rows, no cut column, no quota line, neither field sent.
+        driver.find_element(By.ID, "aliases").clear()
+        driver.find_element(By.ID, "per-class").clear()
+        run()
+        last = json.loads(driver.execute_script("return window.sentTasks")[-1])
+        assert "aliases" not in last and "per_class" not in last
+        assert driver.find_element(By.ID, "aliases").get_attribute("aria-invalid") is None
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#coverage tbody tr")) == len(CLASSES)
+        assert not driver.find_element(By.ID, "cut-col").is_displayed()
+        assert not driver.find_element(By.ID, "quota").is_displayed()
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert all("status of 401" in m for m in errors), errors  # at most the first, keyless load's refusal
+    finally:
+        driver.quit()

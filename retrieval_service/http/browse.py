@@ -1,14 +1,15 @@
 """The browse page (``GET /``) and the corpus images it shows.
 
-- ``GET /`` and ``GET /static/{app.js,style.css}``: a plain HTML/JS page (no
+- ``GET /`` and ``GET /static/{app.js,coverage.js,style.css}``: a plain HTML/JS page (no
   build step, no CDN) that sends a task to ``POST /v1/retrieve`` inline and
-  shows, per class, a grid of thumbnails plus the coverage table.
+  shows, per class, a grid of thumbnails plus the coverage table (with an
+  ``= alias`` row per alias and a ``cut`` column under a per-class quota).
 - ``GET /v1/indices/{name}/images``: whether the index's corpus images are on
   this machine (the page asks once per index instead of failing per image).
 - ``GET /v1/indices/{name}/rows/{row}/image``: the image of one row
   (``retrieval_service.corpus_images`` finds it and refuses what it must).
 
-Key policy: the page's own three files are public -- a browser cannot attach
+Key policy: the page's own four files are public -- a browser cannot attach
 an API key to a navigation, and they hold no data -- so they are served by
 :class:`PublicPage`, a middleware placed *outside* the key guard (added after
 ``Guard``: Starlette runs the last added middleware first). Everything the
@@ -34,6 +35,7 @@ from retrieval_service.http.models import IndexImages, errors
 STATIC = Path(__file__).parent / "static"
 # name -> media type; the only files the page routes serve (a dict lookup, never a path join of user input)
 PAGE_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+              "coverage.js": "text/javascript; charset=utf-8",
               "style.css": "text/css; charset=utf-8"}
 # The page talks only to this origin; remote thumbnails (a row's url) may come from anywhere over http(s).
 PAGE_HEADERS = {

@@ -127,48 +127,6 @@ function el(tag, cls, text) {
 const fmt = (v) => (v == null ? "\u2013" : Number(v).toFixed(3));
 const anchor = (i) => `class-${i}`;
 
-// "How much is there?": the estimated corpus pairs above the count's similarity, "\u2265" when only a lower bound.
-const pairsAbove = (c) => (c.pairs_above == null ? "\u2013"
-  : (c.pairs_above_lower_bound ? "\u2265" : "") + c.pairs_above.toLocaleString());
-
-function coverageFlags(c) {
-  const flags = [];
-  if (c.low_coverage) flags.push("low coverage");
-  if (c.not_covered) flags.push("not covered");
-  if (c.almost_nothing) flags.push("almost nothing");
-  if (c.k_too_small) flags.push("k too small");
-  return flags;
-}
-
-function renderCoverage(report) {
-  const s = report.summary || {};
-  $("totals").textContent = `${(s.rows ?? 0).toLocaleString()} pairs from ${s.queries} queries ` +
-    `(${s.classes} classes \u00d7 ${s.templates} templates, k=${s.k}, ${s.mode}) \u00b7 ` +
-    (s.examples ? `+ ${s.examples} example image${s.examples > 1 ? "s" : ""} (${s.example_mode}) \u00b7 ` : "") +
-    `${(s.hits ?? 0).toLocaleString()} hits \u00b7 ${s.near_duplicates_collapsed ?? 0} near-duplicates collapsed \u00b7 ${s.seconds} s`;
-  $("warnings").replaceChildren(...(report.warnings || []).map((w) => el("li", null, w)));
-  $("coverage").tBodies[0].replaceChildren(...(report.classes || []).map((c, i) => {
-    const tr = el("tr", c.not_covered ? "low uncovered" : c.low_coverage ? "low" : null);
-    const name = el("td");
-    const link = el("a", null, c.name);
-    link.href = "#" + anchor(i);
-    name.append(link);
-    tr.append(name, ...[c.hits, c.unique, c.exclusive].map((v) => el("td", null, String(v))),
-      ...[c.coverage, c.p10, c.p50, c.p90, c.max].map((v) => el("td", null, fmt(v))),
-      el("td", "count", pairsAbove(c)), el("td", "flags", coverageFlags(c).join(" \u00b7 ")));
-    return tr;
-  }));
-  const rules = [];
-  if (report.low_coverage_rule) rules.push("Low coverage (relative): " + report.low_coverage_rule + ".");
-  if (report.absolute_coverage_rule && s.coverage_cut != null) {
-    const at = Object.entries(s.count_similarity || {}).map(([m, v]) => `${m} ${fmt(v)}`).join(", ");
-    rules.push(`Not covered (absolute, cut ${fmt(s.coverage_cut)}): ${report.absolute_coverage_rule}. ` +
-      `Pairs \u2265 cut: corpus pairs at similarity ${at} (${s.count_method}); \u2265 marks a lower bound.`);
-  }
-  $("rule").textContent = rules.join(" ");
-  $("summary").hidden = false;
-}
-
 function card(row, cls, top, index, local, pending) {
   const fig = el("figure", "card");
   const box = el("div", "thumb");
@@ -208,6 +166,7 @@ function renderClasses(rows, report, index, local, run) {
     h.append(el("span", "badge", `${list.length} pair${list.length === 1 ? "" : "s"}`));
     if (stats.coverage != null) h.append(el("span", "badge", `coverage ${fmt(stats.coverage)}`));
     if (stats.low_coverage) h.append(el("span", "badge warn", "low coverage"));
+    if (stats.cut) h.append(el("span", "badge", `${stats.cut} cut by the quota`));
     sec.append(h);
     if (!list.length) { sec.append(el("p", "empty", "Nothing retrieved for this class.")); return sec; }
     const grid = el("div", "grid");
@@ -241,6 +200,34 @@ function reset() {
 function parseClasses(text) {
   const seen = new Set();
   return text.split(/[\n,]/).map((s) => s.trim().replace(/\s+/g, " ")).filter((s) => s && !seen.has(s) && seen.add(s));
+}
+
+// "class|alias|alias" lines (the classes file's form) -> {class: [alias, ...]}, or an Error naming the line.
+// A line's first name must be one of the typed classes: its aliases' pairs are labelled with it.
+function parseAliases(text, classes) {
+  const out = {};
+  const known = new Set(classes);
+  text.split("\n").forEach((line, i) => {
+    if (!line.trim() || line.trim().startsWith("#")) return;
+    const parts = line.split("|").map((p) => p.trim().replace(/\s+/g, " "));
+    const where = `Aliases line ${i + 1}`;
+    if (parts.some((p) => !p)) {
+      throw new Error(`${where}: an empty name in \u201c${line.trim()}\u201d (write class|alias|alias).`);
+    }
+    if (!known.has(parts[0])) throw new Error(`${where}: \u201c${parts[0]}\u201d is not one of the class names above.`);
+    if (parts.length > 1) (out[parts[0]] = out[parts[0]] || []).push(...parts.slice(1));
+  });
+  return out;
+}
+
+// The per-class quota: empty = none, else a whole number >= 1.
+function parseQuota(text) {
+  if (!text.trim()) return null;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new Error(`Per class (quota) must be a whole number of at least 1, got \u201c${text}\u201d.`);
+  }
+  return n;
 }
 
 // --- example images: one file input per class, kept while the class stays in the list ----------------
@@ -298,6 +285,16 @@ async function submit(event) {
   event.preventDefault();
   const classes = parseClasses($("classes").value);
   if (!classes.length) { setStatus("Type at least one class name.", "error"); return; }
+  let aliases, perClass;
+  try {  // refused here, before anything is sent: the service would answer 409 or 422 anyway
+    aliases = parseAliases($("aliases").value, classes);
+    $("aliases").removeAttribute("aria-invalid");
+    perClass = parseQuota($("per-class").value);
+  } catch (err) {
+    if (/^Aliases/.test(err.message)) $("aliases").setAttribute("aria-invalid", "true");
+    setStatus(err.message, "error");
+    return;
+  }
   const index = $("index").value || null;
   const run = ++state.run;
   reset();
@@ -307,6 +304,8 @@ async function submit(event) {
   try {
     const task = { classes, k: Number($("k").value), mode: $("mode").value, templates: $("templates").value,
                    index, inline: true };
+    if (Object.keys(aliases).length) task.aliases = aliases;
+    if (perClass != null) task.per_class = perClass;
     const examples = await readExamples(classes);
     if (Object.keys(examples).length) Object.assign(task, { examples, example_mode: $("example-mode").value });
     const [{ status, body }, local] = await Promise.all([
