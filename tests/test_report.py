@@ -284,3 +284,25 @@ def test_figures_stay_readable_for_many_classes(tmp_path, monkeypatch):
     for name, max_width, max_height in (("gain.png", 1000, 600), ("hist.png", 900, 400)):
         with Image.open(tmp_path / name) as image:
             assert image.width <= max_width and image.height <= max_height, (name, image.size)
+
+
+def test_headline_shows_the_task_shaping_parts_of_a_summary():
+    from downstream.report.headline import summary_lines
+
+    summary = {"subset": {"rows": 10, "excluded": 3, "excluded_images": 40, "coverage": {"not_covered": ["lute"]},
+                          "with_aliases": {"aliases": 4, "per_class": 5, "rows": 8, "weak_aliases": ["bird|birds"]},
+                          "with_examples": {"examples": 6, "per_class": 3, "split": "val", "rows": 12}},
+               "download": {"downloaded": 9, "requested": 10, "safety": {"mode": "off"},
+                            "link_rot": {"rot_fraction": 0.15, "requested": 10, "downloaded": 8, "topped_up": 2,
+                                         "downloaded_after": 10, "short_after": 0}},
+               "suite": {"split": "test", "average": {"gain": -0.012, "gain_ci95": [-0.05, 0.02]},
+                         "wins": 0, "ties": 2, "losses": 1}}
+    text = "\n".join(summary_lines(summary))
+    assert "3 retrieved pairs dropped as copies of the 40 evaluation images" in text
+    assert "(absolute rule): lute" in text
+    assert "4 aliases and at most 5 pairs per class: 8 rows; weak aliases: bird|birds" in text
+    assert "6 example images (3 per class, val split): 12 rows" in text
+    assert "safety filter: off" in text
+    assert "8 of 10 kept; one top-up round of 2 pairs: 10 (0 short)" in text
+    assert "average gain -1.2 points, 95 % interval [-5.0, +2.0]; 0 wins / 2 ties / 1 losses" in text
+    assert summary_lines({}) == []

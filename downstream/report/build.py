@@ -40,7 +40,8 @@ def _check_out(out: Path) -> None:
 def _head_blocks(results: list[Result], collection: Collection, summary: dict | None, title: str) -> list[Block]:
     """Title, the run's headline (from summary.json) and the models table."""
     from downstream.report.render import Bullets, Heading, Paragraph
-    from downstream.report.results import models_table, summary_lines
+    from downstream.report.headline import summary_lines
+    from downstream.report.results import models_table
 
     blocks: list[Block] = [Heading(title, 1)]
     if summary:

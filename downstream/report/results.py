@@ -356,33 +356,3 @@ def load_summary(path: str | Path) -> dict:
     if not isinstance(summary, dict):
         raise ReactError(f"{path}: a summary must be a JSON object")
     return summary
-
-
-def summary_lines(summary: dict) -> list[str]:
-    """The run's headline from ``summary.json``: whatever parts it has."""
-    lines = []
-    corpus = summary.get("corpus")
-    if isinstance(corpus, dict):
-        parts = [f"{corpus[k]:,} {k}" for k in ("pretraining", "retrieval", "downstream") if _is_number(corpus.get(k))]
-        if _is_number(corpus.get("downstream_classes")):
-            parts.append(f"{corpus['downstream_classes']} downstream classes")
-        if parts:
-            lines.append("corpus: " + ", ".join(parts))
-    for name, entry in (summary.get("index") or {}).items() if isinstance(summary.get("index"), dict) else []:
-        if isinstance(entry, dict) and "factory" in entry:
-            recall = f", recall@{entry.get('k')} {entry['recall']:.3f}" if _is_number(entry.get("recall")) else ""
-            count = f" over {entry['count']:,} rows" if _is_number(entry.get("count")) else ""
-            lines.append(f"{name} index: {entry['factory']}{count}{recall}")
-    subset = summary.get("subset")
-    if isinstance(subset, dict) and _is_number(subset.get("rows")):
-        extra = f" from {subset['unique_pairs']:,} unique pairs" if _is_number(subset.get("unique_pairs")) else ""
-        lines.append(f"retrieved subset: {subset['rows']:,} rows{extra}")
-    download = summary.get("download")
-    if isinstance(download, dict) and _is_number(download.get("downloaded")):
-        lines.append(f"downloaded: {download['downloaded']:,} of {download.get('requested', '?')} images")
-    timings = summary.get("timings_s")
-    if isinstance(timings, dict) and timings:
-        total = sum(v for v in timings.values() if _is_number(v))
-        lines.append("timings: " + ", ".join(f"{k} {v:g} s" for k, v in timings.items() if _is_number(v))
-                     + f" (total {total:.1f} s)")
-    return lines
