@@ -60,7 +60,8 @@ def main() -> None:
     parser.add_argument("--demo", type=Path, default=Path("out/demo"),
                         help="a finished `react demo` folder (base/, shards/, results/) (default: out/demo)")
     parser.add_argument("--out", type=Path, required=True, help="folder for this benchmark's runs")
-    parser.add_argument("--lrs", nargs="+", default=list(DEFAULT_LRS), help="learning rates tried on val per new mode")
+    parser.add_argument("--lrs", nargs="+", default=list(DEFAULT_LRS),
+                        help="learning rates tried on val per new mode (one value: used as given, no val phase)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the test-phase runs")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
@@ -79,11 +80,14 @@ def main() -> None:
     seal_splits("test")
     chosen: dict[str, dict] = {}
     for mode in NEW_MODES:
+        if len(args.lrs) == 1:  # nothing to choose: the rate was fixed before any run was scored
+            chosen[mode] = {"lr": args.lrs[0], "tried": [], "note": "fixed a priori, not chosen on any split"}
+            continue
         tried = []
         for lr in args.lrs:
             res = _train_and_score(base, shards, args.out / "val" / f"{mode}-lr{lr}", mode, lr, 0, recipe, corpus,
                                    "val")
-            tried.append({"lr": lr, "val_top1": round(res["top1"], 4)})
+            tried.append({"lr": lr, "val_top1": round(res["metrics"]["top1"], 4)})
             print(f"val  {mode:13s} lr {lr:6s} top-1 {100 * res['top1']:5.1f}", flush=True)
         best = max(tried, key=lambda t: t["val_top1"])
         chosen[mode] = {"lr": best["lr"], "tried": tried}
@@ -92,7 +96,7 @@ def main() -> None:
     # Phase 2: the chosen recipes on the test half, with intervals against the base.
     base_result = json.loads((args.demo / "results" / "base_zeroshot.json").read_text())
     base_correct = [correct(base_result)]
-    rows = {"base": {"top1": [round(base_result["top1"], 4)]}}
+    rows = {"base": {"top1": [round(base_result["metrics"]["top1"], 4)]}}
     for mode in (*DEMO_MODES, *NEW_MODES):
         if mode in DEMO_MODES:
             results = [json.loads((args.demo / "results" / f"{DEMO_MODES[mode]}-s{s}_zeroshot.json").read_text())
@@ -101,8 +105,8 @@ def main() -> None:
         else:
             results = [_train_and_score(base, shards, args.out / "test" / f"{mode}-s{s}", mode, chosen[mode]["lr"],
                                         s, recipe, corpus, "test") for s in args.seeds]
-            source = f"lr {chosen[mode]['lr']} chosen on val"
-        tops = [round(r["top1"], 4) for r in results]
+            source = f"lr {chosen[mode]['lr']} " + ("chosen on val" if chosen[mode]["tried"] else "fixed a priori")
+        tops = [round(r["metrics"]["top1"], 4) for r in results]
         rows[mode] = {"top1": tops, "source": source,
                       "gain": gain_interval([correct(r) for r in results], base_correct)}
 
