@@ -153,26 +153,32 @@ def read_examples_dir(root: Path, classes: list[str]) -> dict[str, list[bytes]]:
         if name not in known:
             raise ReactError(f"--examples: folder {folder} names no class of the task (see --classes)")
         files = sorted(f for f in folder.iterdir() if not f.name.startswith("."))
-        odd = [f for f in files if f.suffix.lower() not in EXAMPLE_EXTENSIONS or not f.is_file()]
-        if odd:
-            raise ReactError(f"--examples: {odd[0]} is not a jpg, png or webp image")
         if not files:
             raise ReactError(f"--examples: folder {folder} holds no image")
-        raws = []
-        for f in files:
-            try:
-                raw = f.read_bytes()
-            except OSError as exc:
-                raise ReactError(f"--examples: cannot read {f}: {exc.__class__.__name__}") from None
-            try:
-                decode_example(raw, str(f))
-            except ReactError as exc:
-                raise ReactError(f"--examples: {exc}") from None
-            raws.append(raw)
+        raws = read_example_files(files, "--examples")
         out[name] = raws
     if not out:
         raise ReactError(f"--examples {root}: no class folder inside")
     return out
+
+
+def read_example_files(files: list[Path], what: str) -> list[bytes]:
+    """The bytes of example image ``files``, each checked to be a jpg/png/webp that decodes; ReactError
+    prefixed with ``what`` (the option or file that named them) naming the first bad one."""
+    raws = []
+    for f in files:
+        if f.suffix.lower() not in EXAMPLE_EXTENSIONS or not f.is_file():
+            raise ReactError(f"{what}: {f} is not a jpg, png or webp image")
+        try:
+            raw = f.read_bytes()
+        except OSError as exc:
+            raise ReactError(f"{what}: cannot read {f}: {exc.__class__.__name__}") from None
+        try:
+            decode_example(raw, str(f))
+        except ReactError as exc:
+            raise ReactError(f"{what}: {exc}") from None
+        raws.append(raw)
+    return raws
 
 
 def dataset_examples(dataset: str | Path, split: str, k: int) -> dict[str, list[Path]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +17,19 @@ STAGE_LABEL = {"search": "encoding + searching queries", "merge": "merging", "de
 
 @dataclass
 class ClassesFile:
-    """A classes file: class names in order and the aliases given for them."""
+    """A classes file: class names in order, the aliases given for them, and example image files."""
 
     names: list[str]
     aliases: dict[str, list[str]] = field(default_factory=dict)
+    examples: dict[str, list[Path]] = field(default_factory=dict)
 
 
 def read_classes(path: Path) -> ClassesFile:
     """One class a line; ``#`` starts a comment line. ``screwdriver|screw driver|turnscrew``: the first
     name is the class, the others are aliases searched for it (a class given on two lines gets the
-    aliases of both). An empty name between bars is refused, naming the line."""
+    aliases of both). A field starting with ``@`` names example images of the class (a path or glob,
+    relative to the file's folder): ``screwdriver|screw driver|@examples/screwdriver/*.jpg``. An empty
+    name between bars, or an ``@`` field matching no file, is refused, naming the line."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -35,12 +39,19 @@ def read_classes(path: Path) -> ClassesFile:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = [" ".join(part.split()) for part in line.split("|")]
-        if not all(parts):
+        if not all(parts) or parts[0].startswith("@"):
             raise ReactError(f"classes file {path} line {number}: an empty name in {line.strip()!r} "
-                             "(write CLASS|ALIAS|ALIAS)")
-        out.names.append(parts[0])
-        if len(parts) > 1:
-            out.aliases.setdefault(parts[0], []).extend(parts[1:])
+                             "(write CLASS|ALIAS|@EXAMPLE_GLOB)")
+        names = [p for p in parts if not p.startswith("@")]
+        out.names.append(names[0])
+        if len(names) > 1:
+            out.aliases.setdefault(names[0], []).extend(names[1:])
+        for pattern in (p[1:].strip() for p in parts if p.startswith("@")):
+            found = sorted(Path(f) for f in glob.glob(str(path.parent / pattern))) if pattern else []
+            if not found:
+                raise ReactError(f"classes file {path} line {number}: @{pattern} matches no file "
+                                 f"(paths are relative to {path.parent})")
+            out.examples.setdefault(names[0], []).extend(found)
     if not out.names:
         raise ReactError(f"classes file {path} holds no class name")
     return out
@@ -56,14 +67,9 @@ def retrieve(args: argparse.Namespace) -> int:
     dedup = None if args.no_dedup else args.dedup_threshold
     if args.out.suffix != ".parquet":
         raise ReactError(f"--out must name a .parquet file, got {args.out}")
-    if args.example_mode is not None and args.examples is None:
-        raise ReactError("--example-mode needs --examples DIR")
-    if args.examples is not None:
-        from retrieval_service.examples import read_examples_dir
-
-        args.examples_read = read_examples_dir(args.examples, classes.names)  # every image checked before any work
-    else:
-        args.examples_read = {}
+    args.examples_read = _examples(args, classes)  # every image checked before any work
+    if args.example_mode is not None and not args.examples_read:
+        raise ReactError("--example-mode needs example images (--examples DIR or @ fields in --classes)")
     if getattr(args, "top_up", None) is not None:
         from retrieval_service.topup import top_up
 
@@ -82,6 +88,17 @@ def retrieve(args: argparse.Namespace) -> int:
                   f"{summary['hits']} hits, {summary['near_duplicates_collapsed']} near-duplicates collapsed, "
                   f"{summary['seconds']:.1f} s)", highlight=False)
     return 0
+
+
+def _examples(args: argparse.Namespace, classes: ClassesFile) -> dict[str, list[bytes]]:
+    """Example images per class: the classes file's ``@`` fields, then --examples DIR's folders."""
+    from retrieval_service.examples import read_example_files, read_examples_dir
+
+    out = {name: read_example_files(files, f"classes file {args.classes}") for name, files in classes.examples.items()}
+    if args.examples is not None:
+        for name, raws in read_examples_dir(args.examples, classes.names).items():
+            out.setdefault(name, []).extend(raws)
+    return out
 
 
 def _in_process(args, classes, templates, dedup) -> dict:

@@ -200,7 +200,7 @@ def _task_files(tmp: Path, names: list[str]) -> list[str]:
     ("garbage", "not a readable image"),
     ("empty", "holds no image"),
     ("text", "is not a jpg, png or webp image"),
-    ("mode", "--example-mode needs --examples"),
+    ("mode", "--example-mode needs example images"),
     ("missing", "not a folder"),
 ])
 def test_react_retrieve_examples_errors(pics, tmp_path, capsys, case, message):
@@ -257,6 +257,22 @@ def test_react_retrieve_examples_in_process_and_via_server(pics, server, tmp_pat
                 "--out", str(tmp_path / "c.parquet")]) == 0
     only = pq.read_table(tmp_path / "c.parquet").to_pylist()
     assert all(q.startswith("example:") for r in only for q in r["queries"])
+
+
+def test_examples_given_in_the_classes_file(pics, tmp_path, capsys):
+    """``CLASS|@glob`` fields in the classes file are the same example images as --examples DIR."""
+    index, originals, names = pics
+    ex = _examples_dir(tmp_path / "ex", originals)
+    common = _task_files(tmp_path, names)
+    assert run(["retrieve", "--index", str(index), *common, "--examples", str(ex),
+                "--out", str(tmp_path / "dir.parquet")]) == 0
+    (tmp_path / "classes.txt").write_text("".join(f"{c}|@ex/{c}/*.jpg\n" for c in names))
+    assert run(["retrieve", "--index", str(index), *common, "--out", str(tmp_path / "file.parquet")]) == 0
+    assert pq.read_table(tmp_path / "file.parquet").to_pylist() == pq.read_table(tmp_path / "dir.parquet").to_pylist()
+    (tmp_path / "classes.txt").write_text(f"{names[0]}|@ex/nothing-here/*.jpg\n")
+    assert run(["retrieve", "--index", str(index), *common, "--out", str(tmp_path / "bad.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "line 1: @ex/nothing-here/*.jpg matches no file" in err and not (tmp_path / "bad.parquet").exists()
 
 
 def _b64(raw: bytes) -> str:
