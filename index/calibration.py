@@ -22,8 +22,10 @@ what 97.5 % of the corpus's own captions reach is *not covered* (the data
 behind the choice: docs/service.md, "How much is there?").
 
 ``index build`` stores it per modality in index.json (``indices.<m>.calibration``);
-an index folder without it gets it computed on first load and written to
-``calibration.json`` beside the index when the folder is writable.
+an index folder without it (an older build, a clip-retrieval folder) gets it
+computed on first load and kept in the cache (``REACT_CACHE/calibration/``,
+keyed by the folder's path and its files' sizes and times), never written into
+the folder: a served folder stays exactly as it was.
 """
 from __future__ import annotations
 
@@ -122,8 +124,8 @@ _LOCK = threading.Lock()
 
 
 def load_calibration(searcher, modality: str) -> dict | None:
-    """The stored calibration (index.json, else calibration.json), computed and saved when missing.
-    Cached on the searcher; None when it cannot be computed (see :func:`calibrate`)."""
+    """The stored calibration (index.json, a ``calibration.json`` beside the index, the cache), computed
+    and cached when missing. Cached on the searcher; None when it cannot be computed (see :func:`calibrate`)."""
     cache = searcher.__dict__.setdefault("_calibration", {})
     if modality in cache:
         return cache[modality]
@@ -131,31 +133,48 @@ def load_calibration(searcher, modality: str) -> dict | None:
         if modality in cache:
             return cache[modality]
         found = searcher.modalities[modality].entry.get("calibration")
-        side = Path(searcher.root) / INDEX_CALIBRATION
-        if found is None and side.is_file():
-            try:
-                found = json.loads(side.read_text()).get(modality)
-            except (OSError, json.JSONDecodeError):
-                found = None
+        cached = cache_path(searcher.root)
+        for side in (Path(searcher.root) / INDEX_CALIBRATION, cached):
+            if found is None and side.is_file():
+                try:
+                    found = json.loads(side.read_text()).get(modality)
+                except (OSError, json.JSONDecodeError):
+                    found = None
         if found is None or found.get("version") != VERSION:
             try:
                 found = calibrate_searcher(searcher, modality)
             except ReactError:  # e.g. a re-ranking index whose embedding folder moved: no absolute rule
                 found = None
             if found is not None:
-                _save_side(side, modality, found)
+                _save(cached, modality, found)
         cache[modality] = found
         return found
 
 
-def _save_side(path: Path, modality: str, calibration: dict) -> None:
-    """Keep a lazily computed calibration beside the index; a read-only folder keeps it in memory only."""
+def cache_path(root: str | Path) -> Path:
+    """Where a lazily computed calibration of the index folder ``root`` is kept: the project cache,
+    keyed by the folder's path and the size and time of every file in it (a rebuilt index is new)."""
+    import hashlib
+
+    from react.config import cache_dir
+
+    folder = Path(root).resolve()
+    digest = hashlib.sha256(str(folder).encode())
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        st = f.stat()
+        digest.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return cache_dir() / "calibration" / f"{digest.hexdigest()[:24]}.json"
+
+
+def _save(path: Path, modality: str, calibration: dict) -> None:
+    """Add ``calibration`` to the cache file; an unwritable cache keeps it in memory only."""
     try:
         current = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, json.JSONDecodeError):
         current = {}
     current[modality] = calibration
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps(current, indent=2) + "\n")
     except OSError:
         pass

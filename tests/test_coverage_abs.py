@@ -1,7 +1,7 @@
 """The absolute coverage signal and "how much is there?" (issue 18 item 3).
 
 - the calibration is stored in index.json at build, computed lazily (and kept
-  in calibration.json) for a folder without it, and read back, not recomputed;
+  in the cache, never in the folder) for a folder without it, and read back, not recomputed;
 - per-class counts of pairs above a similarity agree with a brute-force count
   over the embedding vectors (range search on Flat, IVF and HNSW's Flat
   storage; the top-k tail gives lower bounds and says k is too small);
@@ -23,6 +23,7 @@ import pyarrow as pa
 import pytest
 
 from index.build import build_index
+from index.calibration import cache_path
 from index.embed import write_embedding_folder
 from index.searcher import Searcher
 from index.vectors import EmbeddingFolder
@@ -78,16 +79,20 @@ def test_calibration_stored_at_build_lazily_computed_and_reloaded(clustered, tmp
     assert Searcher(out).calibration("image") == stored["image"]
     assert not (out / INDEX_CALIBRATION).exists()
 
-    # A folder built before calibration existed: computed on first use, kept beside the index, identical.
+    # A folder built before calibration existed: computed on first use, kept in the cache (the folder
+    # itself untouched), identical.
     for m in manifest["indices"]:
         del manifest["indices"][m]["calibration"]
     (out / INDEX_JSON).write_text(json.dumps(manifest))
+    before = sorted(p.name for p in out.iterdir())
     assert Searcher(out).calibration("text") == stored["text"]
-    side = json.loads((out / INDEX_CALIBRATION).read_text())
+    assert sorted(p.name for p in out.iterdir()) == before
+    cached = cache_path(out)
+    side = json.loads(cached.read_text())
     assert side["text"] == stored["text"]
-    # The next load reads the file instead of measuring again.
+    # The next load reads the cache instead of measuring again.
     side["text"]["cut"] = 0.123
-    (out / INDEX_CALIBRATION).write_text(json.dumps(side))
+    cached.write_text(json.dumps(side))
     assert Searcher(out).calibration("text")["cut"] == 0.123
 
 
@@ -167,7 +172,7 @@ def test_demo_index_flags_absent_classes_not_the_demo_task(tmp_path):
     assert not any(name in captions for name in ABSENT)
     demo = retriever.run(validate_spec(classes, templates, k=50, mode="t2t"))
     absent = retriever.run(validate_spec(ABSENT, templates, k=50, mode="t2t"))
-    assert (tmp_path / "index" / INDEX_CALIBRATION).is_file()  # calibrated lazily on the first task
+    assert cache_path(tmp_path / "index").is_file()  # calibrated lazily on the first task, kept in the cache
     assert [s.name for s in demo.stats if s.not_covered] == []
     assert all(s.not_covered and s.almost_nothing for s in absent.stats), [s.to_json() for s in absent.stats]
     assert not any(s.low_coverage for s in absent.stats)  # the relative rule alone lets them pass
