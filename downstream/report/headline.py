@@ -2,7 +2,7 @@
 (``react demo`` writes every part; a user's own summary may hold any of them)."""
 from __future__ import annotations
 
-from downstream.report.results import _is_number
+from downstream.report.results import is_number
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -10,28 +10,28 @@ def summary_lines(summary: dict) -> list[str]:
     lines = []
     corpus = summary.get("corpus")
     if isinstance(corpus, dict):
-        parts = [f"{corpus[k]:,} {k}" for k in ("pretraining", "retrieval", "downstream") if _is_number(corpus.get(k))]
-        if _is_number(corpus.get("downstream_classes")):
+        parts = [f"{corpus[k]:,} {k}" for k in ("pretraining", "retrieval", "downstream") if is_number(corpus.get(k))]
+        if is_number(corpus.get("downstream_classes")):
             parts.append(f"{corpus['downstream_classes']} downstream classes")
         if parts:
             lines.append("corpus: " + ", ".join(parts))
     for name, entry in (summary.get("index") or {}).items() if isinstance(summary.get("index"), dict) else []:
         if isinstance(entry, dict) and "factory" in entry:
-            recall = f", recall@{entry.get('k')} {entry['recall']:.3f}" if _is_number(entry.get("recall")) else ""
-            count = f" over {entry['count']:,} rows" if _is_number(entry.get("count")) else ""
+            recall = f", recall@{entry.get('k')} {entry['recall']:.3f}" if is_number(entry.get("recall")) else ""
+            count = f" over {entry['count']:,} rows" if is_number(entry.get("count")) else ""
             lines.append(f"{name} index: {entry['factory']}{count}{recall}")
     subset = summary.get("subset")
-    if isinstance(subset, dict) and _is_number(subset.get("rows")):
-        extra = f" from {subset['unique_pairs']:,} unique pairs" if _is_number(subset.get("unique_pairs")) else ""
+    if isinstance(subset, dict) and is_number(subset.get("rows")):
+        extra = f" from {subset['unique_pairs']:,} unique pairs" if is_number(subset.get("unique_pairs")) else ""
         lines.append(f"retrieved subset: {subset['rows']:,} rows{extra}")
     download = summary.get("download")
-    if isinstance(download, dict) and _is_number(download.get("downloaded")):
+    if isinstance(download, dict) and is_number(download.get("downloaded")):
         lines.append(f"downloaded: {download['downloaded']:,} of {download.get('requested', '?')} images")
     lines += shaping_lines(summary)
     timings = summary.get("timings_s")
     if isinstance(timings, dict) and timings:
-        total = sum(v for v in timings.values() if _is_number(v))
-        lines.append("timings: " + ", ".join(f"{k} {v:g} s" for k, v in timings.items() if _is_number(v))
+        total = sum(v for v in timings.values() if is_number(v))
+        lines.append("timings: " + ", ".join(f"{k} {v:g} s" for k, v in timings.items() if is_number(v))
                      + f" (total {total:.1f} s)")
     return lines
 
@@ -46,26 +46,26 @@ def shaping_lines(summary: dict) -> list[str]:
     """Decontamination, coverage, aliases, example images, safety, link rot and the suite."""
     lines = []
     subset, download = summary.get("subset"), summary.get("download")
-    if _is_number(_get(subset, "excluded")):
+    if is_number(_get(subset, "excluded")):
         lines.append(f"decontamination: {subset['excluded']} retrieved pairs dropped as copies of the "
                      f"{subset.get('excluded_images', '?')} evaluation images")
     flagged = _get(subset, "coverage", "not_covered")
     if isinstance(flagged, list):
         lines.append(f"classes not covered by the corpus (absolute rule): {', '.join(flagged) or 'none'}")
     aliases = _get(subset, "with_aliases")
-    if isinstance(aliases, dict) and _is_number(aliases.get("rows")):
+    if isinstance(aliases, dict) and is_number(aliases.get("rows")):
         weak = aliases.get("weak_aliases") or []
         lines.append(f"with {aliases.get('aliases')} aliases and at most {aliases.get('per_class')} pairs per class: "
                      f"{aliases['rows']:,} rows; weak aliases: {', '.join(weak) or 'none'}")
     examples = _get(subset, "with_examples")
-    if isinstance(examples, dict) and _is_number(examples.get("rows")):
+    if isinstance(examples, dict) and is_number(examples.get("rows")):
         lines.append(f"with {examples.get('examples')} example images ({examples.get('per_class')} per class, "
                      f"{examples.get('split')} split): {examples['rows']:,} rows")
     mode = _get(download, "safety", "mode")
     if isinstance(mode, str):
         lines.append(f"safety filter: {mode}")
     rot = _get(download, "link_rot")
-    if isinstance(rot, dict) and _is_number(rot.get("downloaded")):
+    if isinstance(rot, dict) and is_number(rot.get("downloaded")):
         lines.append(f"link rot ({100 * rot['rot_fraction']:.0f} % of urls gone): {rot['downloaded']} of "
                      f"{rot['requested']} kept; one top-up round of {rot.get('topped_up')} pairs: "
                      f"{rot.get('downloaded_after')} ({rot.get('short_after')} short)")

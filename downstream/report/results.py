@@ -72,7 +72,7 @@ class Collection:
         return [label for label in self.labels if label != self.base]
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -109,10 +109,10 @@ def load_result(path: str | Path, label: str | None = None) -> Result:
         value = raw["metrics"].get(key)
         if value is None:
             raise ReactError(f"{path}: {task} result lacks metric {key!r}")
-        if not _is_number(value) or not 0.0 <= value <= 1.0:
+        if not is_number(value) or not 0.0 <= value <= 1.0:
             raise ReactError(f"{path}: metric {key}={value!r} is not a fraction in [0, 1]")
-    metrics = {k: float(v) for k, v in raw["metrics"].items() if _is_number(v)}
-    per_class = {str(k): float(v) for k, v in raw["per_class"].items() if _is_number(v)}
+    metrics = {k: float(v) for k, v in raw["metrics"].items() if is_number(v)}
+    per_class = {str(k): float(v) for k, v in raw["per_class"].items() if is_number(v)}
     if task == "linear-probe":
         _check_fewshot(raw, path)
     return Result(path=path, label=label or raw["model"], task=task, model=raw["model"],
@@ -125,7 +125,7 @@ def _check_fewshot(raw: dict, path: Path) -> None:
         raise ReactError(f"{path}: 'fewshot' must be a list")
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("shots"), int) \
-                or not _is_number(entry.get("top1_mean")):
+                or not is_number(entry.get("top1_mean")):
             raise ReactError(f"{path}: fewshot[{i}] needs integer 'shots' and numeric 'top1_mean'")
 
 
@@ -135,9 +135,9 @@ def fewshot_curve(result: Result, metric: str = "top1") -> list[tuple[int, float
     points: dict[int, tuple[float, float]] = {}
     for entry in result.raw.get("fewshot", []) or []:
         mean = entry.get(f"{metric}_mean")
-        if _is_number(mean):
+        if is_number(mean):
             std = entry.get(f"{metric}_std")
-            points[int(entry["shots"])] = (float(mean), float(std) if _is_number(std) else 0.0)
+            points[int(entry["shots"])] = (float(mean), float(std) if is_number(std) else 0.0)
     if not points and metric == "top1":
         for key, value in result.metrics.items():
             match = _SHOT_KEY.match(key)
