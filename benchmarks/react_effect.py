@@ -35,7 +35,15 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, metavar='"NAME SHARDS [OPTIONS]"',
                         help="one customization run (repeat)")
     args = parser.parse_args()
+    from react.datasets import seal_splits
 
+    seal_splits("test")
+    score_runs(args.base, args.corpus, [shlex.split(spec) for spec in args.run], args.out)
+
+
+def score_runs(base_dir: str, corpus: Path | None, runs: list[list[str]], out: Path) -> list[dict]:
+    """Each run ``[NAME, SHARDS, *options]`` through ``react customize`` into OUT/NAME, scored on
+    the validation half; returns (and appends to OUT/results.jsonl) one row per run, the base first."""
     import torch
 
     from react.datasets import build_classification_dataset, seal_splits
@@ -46,8 +54,8 @@ def main() -> None:
     from react.embedded.corpus import fetch_embedded
 
     seal_splits("test")
-    dataset = build_classification_dataset(str(args.corpus or fetch_embedded()), "val")
-    base = load_model(args.base, device="cpu")
+    dataset = build_classification_dataset(str(corpus or fetch_embedded()), "val")
+    base = load_model(base_dir, device="cpu")
     classes = base.class_embeddings(dataset.classnames, dataset.templates)
     images = torch.stack([base.preprocess(dataset[i][0]) for i in range(len(dataset))])
     labels = torch.tensor(dataset.labels)
@@ -58,12 +66,12 @@ def main() -> None:
 
     top1, recall = score(base)
     print(f"{'base':32s} top-1 {100 * top1:5.1f}  mean recall {100 * recall:5.1f}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for spec in args.run:
-        name, shards, *options = shlex.split(spec)
-        run_dir = args.out / name
+    rows = [{"name": "base", "options": "", "top1": top1, "mean_per_class_recall": recall, "images": len(dataset)}]
+    out.mkdir(parents=True, exist_ok=True)
+    for name, shards, *options in runs:
+        run_dir = out / name
         started = time.time()
-        argv = ["customize", "--base", args.base, "--train-data", shards, "--out", str(run_dir), "--overwrite",
+        argv = ["customize", "--base", base_dir, "--train-data", shards, "--out", str(run_dir), "--overwrite",
                 "--log-every", "1000", *options]
         if run(argv) != 0:
             raise SystemExit(f"failed: react {' '.join(argv)}")
@@ -73,8 +81,10 @@ def main() -> None:
                "loss": last.get("loss"), "wall_s": round(time.time() - started, 1)}
         print(f"{name:32s} top-1 {100 * top1:5.1f}  mean recall {100 * recall:5.1f}  loss {row['loss']:.3f}  "
               f"{row['wall_s']:.0f} s", flush=True)
-        with open(args.out / "results.jsonl", "a") as fh:
+        with open(out / "results.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -74,8 +75,12 @@ def _fingerprint(path: Path, model_identity: str) -> str:
 
 def open_all_splits(path: str | Path) -> list:
     """Every split of the dataset at ``path`` that exists (the whole evaluation set must be excluded)."""
-    from react.datasets import SPLIT_NAMES, build_classification_dataset
+    from react.datasets import SEALED_ENV, SPLIT_NAMES, build_classification_dataset
 
+    sealed = [s for s in SPLIT_NAMES if s in os.environ.get(SEALED_ENV, "").split(",")]
+    if sealed:  # skipping it would let copies of exactly the images a report is read from through
+        raise ReactError(f"exclusion set {path}: split {sealed[0]!r} is sealed in this process ({SEALED_ENV}); "
+                         "decontaminate before sealing, or through a react serve started without the seal")
     found, seen, errors = [], set(), []
     for split in SPLIT_NAMES:
         try:

@@ -18,7 +18,7 @@ from react.datasets import SEALED_ENV, build_classification_dataset, seal_splits
 from react.errors import ReactError
 
 REPO = Path(__file__).resolve().parents[1]
-TUNING_SCRIPTS = ["benchmarks/react_effect.py"]  # scripts whose figures choose settings
+TUNING_SCRIPTS = ["benchmarks/react_effect.py", "benchmarks/recipe_sweep.py"]  # scripts whose figures choose settings
 
 
 def _embedded(root: Path, per_class: dict[str, int]) -> Path:
@@ -59,6 +59,18 @@ def test_a_sealed_split_cannot_be_opened_here_or_in_child_processes(tmp_path, mo
     assert child.returncode == 2 and "sealed" in child.stderr
 
 
+def test_decontamination_refuses_a_sealed_split_rather_than_skipping_it(tmp_path, monkeypatch):
+    """Excluding a dataset must cover every split: with the test half sealed, the exclusion set
+    would silently miss exactly the images a report is read from."""
+    from retrieval_service.exclude import open_all_splits
+
+    root = _embedded(tmp_path / "c", {"cat": 4, "dog": 2})
+    assert sum(len(ds) for ds in open_all_splits(root)) == 6  # unsealed: both halves
+    monkeypatch.setenv(SEALED_ENV, "test")
+    with pytest.raises(ReactError, match="split 'test' is sealed"):
+        open_all_splits(root)
+
+
 @pytest.mark.parametrize("script", TUNING_SCRIPTS)
 def test_tuning_scripts_seal_the_test_split_before_opening_data(script):
     """In each tuning script, seal_splits("test") is called before any dataset is opened."""
@@ -67,5 +79,6 @@ def test_tuning_scripts_seal_the_test_split_before_opening_data(script):
              for n in ast.walk(tree) if isinstance(n, ast.Call)]
     seals = [line for line, name, n in calls if name == "seal_splits"
              and any(isinstance(a, ast.Constant) and a.value == "test" for a in n.args)]
-    opens = [line for line, name, _ in calls if name in ("build_classification_dataset", "open_splits")]
+    # score_runs (benchmarks/react_effect.py) opens the validation half for the scripts that call it
+    opens = [line for line, name, _ in calls if name in ("build_classification_dataset", "open_splits", "score_runs")]
     assert seals and opens and min(seals) < min(opens), f"{script} opens a dataset before sealing the test split"
