@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from react.progress import console
 from react.schemas import CLASSES_FILE, DOWNLOAD_MANIFEST, TEMPLATES_FILE
@@ -23,13 +23,13 @@ EXAMPLES_PER_CLASS = 3  # example images per class, from the validation half (ne
 ROT_FRACTION = 0.15  # REACT's 10M ImageNet subset lost ~15 % of its links within a year
 
 
-def task_args(corpus: Path, mode: str, exclude: str) -> list[str]:
+def task_args(corpus: Path, mode: str, exclude: Sequence[str]) -> list[str]:
     """The demo task's ``react retrieve`` arguments after --server/--index (classes, templates, k, mode)."""
     return ["--classes", str(corpus / CLASSES_FILE), "--templates", str(corpus / TEMPLATES_FILE), "--k", "50",
-            "--mode", mode, "--exclude", exclude]
+            "--mode", mode, "--exclude", *exclude]
 
 
-def alias_retrieval(step: Step, url: str, corpus: Path, out: Path, mode: str, exclude: str) -> dict:
+def alias_retrieval(step: Step, url: str, corpus: Path, out: Path, mode: str, exclude: Sequence[str]) -> dict:
     """The task with demo/aliases.txt and ``--per-class``: rows, quota cuts and the aliases flagged weak."""
     report = out / "subset_aliases_report.json"
     argv = task_args(corpus, mode, exclude)
@@ -43,7 +43,7 @@ def alias_retrieval(step: Step, url: str, corpus: Path, out: Path, mode: str, ex
             "quota_cut": summary["quota_cut"], "weak_aliases": weak}
 
 
-def example_retrieval(step: Step, url: str, corpus: Path, out: Path, mode: str, exclude: str) -> dict:
+def example_retrieval(step: Step, url: str, corpus: Path, out: Path, mode: str, exclude: Sequence[str]) -> dict:
     """The task with ``EXAMPLES_PER_CLASS`` validation images per class as extra (image -> image) queries."""
     from retrieval_service.examples import dataset_examples, write_examples_dir
 
@@ -67,7 +67,7 @@ def coverage_line(report_path: Path) -> dict:
     return {"not_covered": flagged, "almost_nothing": few}
 
 
-def link_rot(step: Step, url: str, corpus: Path, subset: Path, out: Path, mode: str, exclude: str) -> dict:
+def link_rot(step: Step, url: str, corpus: Path, subset: Path, out: Path, mode: str, exclude: Sequence[str]) -> dict:
     """The subset downloaded again from a loopback web where a fixed ``ROT_FRACTION`` of urls 404,
     then one ``react retrieve --top-up`` round and its download appended to the same shards."""
     from download.loopback import serve_corpus

@@ -114,11 +114,13 @@ def evaluation_suite(step: Callable[[str, list[str]], None], out: Path, corpus: 
                      runs: Sequence[Path], split: str = "test", label: str = "gated-image") -> dict:
     """``react eval suite``: the base and every seed of the customized model, zero-shot on
     each task of the embedded suite (the stamps it targets, a held-out emoji vendor, stamps
-    on scenes), reported ELEVATER-style in OUT/suite/. Reused when the same weights were
+    on scenes, the same classes in clip art), reported ELEVATER-style in OUT/suite/. Reused when the same weights were
     scored on the same corpus and split. Returns the summary's ``suite`` part."""
+    from downstream.suite import SUITE_TASKS
+
     folder = out / SUITE_DIR
     key = {"base": model_identity(base), "runs": [model_identity(r) for r in runs],
-           "dataset": dataset_identity(corpus), "split": split, "label": label}
+           "dataset": dataset_identity(corpus), "split": split, "label": label, "tasks": list(SUITE_TASKS)}
     inputs = folder / INPUTS_FILE
     report = folder / "suite_report.json"
     try:

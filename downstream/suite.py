@@ -4,9 +4,11 @@ The tasks (all in the corpus' task form, each with ``val`` and ``test`` halves):
 
 - ``stamps``: the embedded corpus' own held-out stamps (the task customization targets);
 - ``emoji-twemoji``: another vendor's emoji, grouped into 20 concrete classes;
-- ``stamp-scenes``: the held-out stamps alone on textured scenes.
+- ``stamp-scenes``: the held-out stamps alone on textured scenes;
+- ``openclipart``: the stamps' class names drawn by other artists (Open Clip Art), five
+  times as many test images as ``stamps``.
 
-(downstream.data.suite_tasks builds the last two.) One model is scored on each;
+(downstream.data.suite_tasks builds the last three.) One model is scored on each;
 with ``--customized`` runs, the base and every run are scored and compared in
 the ELEVATER-style report (downstream.report.suite).
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from react.errors import ReactError
 
-SUITE_TASKS = ("stamps", "emoji-twemoji", "stamp-scenes")
+SUITE_TASKS = ("stamps", "emoji-twemoji", "stamp-scenes", "openclipart")
 
 
 def task_dataset(corpus: Path, task: str) -> Path:

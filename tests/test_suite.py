@@ -1,4 +1,4 @@
-"""The evaluation suite: its two built tasks (held-out-vendor emoji, stamps on scenes),
+"""The evaluation suite: its built tasks (held-out-vendor emoji, stamps on scenes, clip art),
 the ELEVATER-style report's wins/ties/losses, and ``react eval suite`` end to end."""
 from __future__ import annotations
 
@@ -16,7 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from downstream.data.suite_tasks import EMOJI_CLASSES, SCENE_SIZE, build_emoji_task, build_scenes_task
+from downstream.data.suite_tasks import (
+    EMOJI_CLASSES,
+    OPENCLIPART_PREFIX,
+    SCENE_SIZE,
+    build_emoji_task,
+    build_openclipart_task,
+    build_scenes_task,
+)
 from downstream.report.intervals import mean_gain_interval
 from downstream.report.suite import compare, render_markdown, verdict, write_report
 from react.datasets import build_classification_dataset
@@ -127,6 +134,65 @@ def test_real_twemoji_groups(tmp_path):
     # hand-checked items that the stable draw keeps (per-class cap of 24)
     assert rows.get("penguin emoji") == "bird" and rows.get("ant emoji") == "insect"
     assert rows.get("sailboat emoji") == "boat" and rows.get("cloud emoji") == "weather"
+
+
+def _deb(path: Path, files: dict[str, bytes]) -> Path:
+    """A Debian package as apt ships one: an ar archive whose data.tar.xz holds ``files``."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:xz") as tar:
+        for name, raw in files.items():
+            info = tarfile.TarInfo("./" + name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    members = {"debian-binary": b"2.0\n", "control.tar.xz": b"", "data.tar.xz": data.getvalue()}
+    with open(path, "wb") as fh:
+        fh.write(b"!<arch>\n")
+        for name, raw in members.items():
+            fh.write(f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(raw):<10}`\n".encode())
+            fh.write(raw + (b"\n" if len(raw) % 2 else b""))
+    return path
+
+
+def _canvas(colour: tuple[int, int, int], shape: str) -> bytes:
+    """A drawing small in the middle of a wide transparent canvas, as clip art often is."""
+    im = Image.new("RGBA", (200, 100), (0, 0, 0, 0))
+    im.paste(Image.open(io.BytesIO(_png(colour, shape, 40))), (80, 30))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_openclipart_task_keeps_one_drawing_per_family_in_the_task_folders(tmp_path):
+    files = {
+        "animals/mammals/dog_ganson.png": _canvas((200, 0, 0), "disc"),
+        "animals/mammals/dog_ganson_bw.png": _canvas((90, 90, 90), "disc"),  # same drawing, grey
+        "animals/mammals/cats/cat_01.png": _canvas((0, 200, 0), "disc"),  # a subfolder: still a mammal
+        "animals/mammals/cats/cat_02.png": _canvas((0, 150, 0), "disc"),  # a numbered sibling
+        "animals/birds/owl.png": _canvas((0, 0, 200), "square"),
+        "tools/hammer.png": _canvas((100, 50, 0), "square"),
+        "tools/weapons/sword.png": _canvas((10, 10, 10), "square"),  # not a tool in the task's sense
+        "computer/icon.png": _canvas((1, 2, 3), "square"),  # no task folder
+    }
+    deb = _deb(tmp_path / "oc.deb", {OPENCLIPART_PREFIX + rel: raw for rel, raw in files.items()})
+    task = build_openclipart_task(_corpus(tmp_path / "corpus"), deb, tmp_path / "clipart")
+    recipe = json.loads((task / "task.json").read_text())
+    assert recipe["per_class"] == {"mammal": 2, "bird": 1, "tool": 1}
+    captions = sorted(r["caption"] for r in pq.read_table(task / "downstream.parquet").to_pylist())
+    assert captions == ["cat", "dog ganson", "hammer", "owl"]  # families, their first member
+    val, test = _halves(task)
+    assert set(val.paths).isdisjoint(test.paths) and len(val) + len(test) == 4
+    assert val.classnames == ["mammal", "bird", "tool"]
+    image = Image.open(val.paths[0])
+    assert image.size == (32, 32)  # cropped from the 200 x 100 canvas to the 32-px shape drawn in it
+
+
+def test_openclipart_task_drops_a_file_the_corpus_holds(tmp_path):
+    raw = _canvas((200, 0, 0), "disc")
+    deb = _deb(tmp_path / "oc.deb", {OPENCLIPART_PREFIX + "animals/birds/a.png": raw,
+                                     OPENCLIPART_PREFIX + "animals/birds/b.png": _canvas((0, 0, 9), "square")})
+    corpus = _corpus(tmp_path / "corpus", web_shas=(hashlib.sha256(raw).hexdigest(),))
+    recipe = json.loads((build_openclipart_task(corpus, deb, tmp_path / "clipart") / "task.json").read_text())
+    assert recipe["byte_identical_dropped"] == 1 and recipe["images"] == 1
 
 
 def test_scenes_task_keeps_each_stamp_in_its_half(tmp_path):

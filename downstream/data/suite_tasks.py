@@ -16,23 +16,35 @@ label; ``downstream_classes.txt``; ``templates.txt``), so it has the same
   generated textured background (downstream.data.scenes.make_background),
   smaller and off-centre. The key is the stamp's own, so a scene lands in the
   same half as its stamp and the test stamps stay unread while choosing on val.
+- ``openclipart``: the demo's own class names drawn by other artists -- Open
+  Clip Art Library drawings (Debian ``openclipart-png``) in the folders their
+  authors filed them under (``OPENCLIPART_CLASSES``). Several times the stamps'
+  held-out set, so a few-point gain on the targeted classes can be told apart
+  from image-sampling noise. Variants of one drawing (``_bw``, numbered
+  siblings) are one family and only its first is kept, so no drawing sits in
+  both halves.
 
-Neither task is ever pretraining or retrieval material: emoji images are
-checked by checksum against both corpus parts, scenes by key.
+No task is ever pretraining or retrieval material: emoji and clip-art images are
+checked by checksum against both corpus parts, scenes by key. Near-copies (a
+stamp redrawn from a clip-art original) are the retrieval's business: the demo
+excludes every suite task from what it retrieves (``react retrieve --exclude``).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
+from PIL import Image, ImageChops
 
 from downstream.data.scenes import ALPHA_THRESHOLD, load_stamps, make_background
 from react.embedded.corpus import MAX_SIDE, TEMPLATES
-from react.embedded.sources import TWEMOJI, fetch, iter_tgz_files
+from react.embedded.sources import OPENCLIPART, TWEMOJI, fetch, iter_deb_files, iter_tgz_files
 from react.errors import ReactError
 from react.images import load_rgb
 from react.schemas import CLASSES_FILE, TEMPLATES_FILE, atomic_dir, read_parquet
@@ -53,6 +65,19 @@ EMOJI_CLASSES: dict[str, str] = {
 }
 EMOJI_PER_CLASS = 24  # cap, so flags (259) and mammals (66) do not swamp the average
 EMOJI_IMAGE_DIR = "img/twitter/64/"
+
+# Open Clip Art folder (longest prefix wins) -> the demo's class name. Folders whose
+# contents are not the class (astronomy is mostly moon phases, holiday is mixed) are left out.
+OPENCLIPART_CLASSES: dict[str, str] = {
+    "animals/mammals": "mammal", "animals/birds": "bird", "animals/bugs": "insect", "animals/fish": "fish",
+    "food/fruit": "fruit", "food/vegetables": "vegetable", "plants/flowers": "flower", "plants/trees": "tree",
+    "buildings/homes": "house", "transportation/roadsigns": "road sign", "transportation/vehicles": "vehicle",
+    "recreation/music": "musical instrument", "recreation/sports": "sports equipment", "tools": "tool",
+    "tools/weapons": "", "tools/toys": "",  # not tools in the task's sense
+}
+OPENCLIPART_PER_CLASS = 60  # cap, so tools (100 families) do not swamp vegetables (12)
+OPENCLIPART_PREFIX = "usr/share/openclipart/png/"
+OPENCLIPART_MAX_PIXELS = 16_000_000  # a few posters are 600 Mpx renders: skipped, not decoded
 
 SCENE_SIZE = 128  # pixels; the embedded base sees 64
 SCENE_SCALE = (0.45, 0.75)  # the stamp's longer side, as a fraction of the scene side
@@ -130,6 +155,68 @@ def build_emoji_task(corpus: Path, tgz: Path, out: Path) -> Path:
     return _write_task(out, rows, classnames, recipe, images)
 
 
+def _family(stem: str) -> str:
+    """One drawing's variants share it: colour/outline suffixes and a trailing number dropped."""
+    stem = re.sub(r"_(bw|black|white|outline|colou?r)(?=[_\-.\d]|$)", "", stem.lower())
+    return re.sub(r"[_\-.]*\d+$", "", stem).strip("_-. ") or stem
+
+
+def _too_large(raw: bytes) -> bool:
+    """Judged from the PNG header alone, before anything is decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            width, height = Image.open(io.BytesIO(raw)).size
+        except Image.DecompressionBombError:
+            return True
+    return width * height > OPENCLIPART_MAX_PIXELS
+
+
+def _clipart_label(rel: str) -> str:
+    folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
+    best = max((p for p in OPENCLIPART_CLASSES if folder == p or folder.startswith(p + "/")), key=len, default=None)
+    return OPENCLIPART_CLASSES[best] if best else ""
+
+
+def build_openclipart_task(corpus: Path, deb: Path, out: Path) -> Path:
+    """Open Clip Art drawings of the demo's classes: one per family, ``OPENCLIPART_PER_CLASS`` per class."""
+    _, corpus_shas = _corpus_hashes(corpus)
+    families: dict[str, dict[str, tuple[str, bytes]]] = {}
+    identical = oversized = 0
+    for rel, raw in sorted(iter_deb_files(deb, OPENCLIPART_PREFIX, (".png",))):
+        label = _clipart_label(rel)
+        if not label:
+            continue
+        if hashlib.sha256(raw).hexdigest() in corpus_shas:  # the corpus holds this very file
+            identical += 1
+            continue
+        if _too_large(raw):
+            oversized += 1
+            continue
+        families.setdefault(label, {}).setdefault(_family(rel.rsplit("/", 1)[-1][:-4]), (rel, raw))
+    if not families:
+        raise ReactError(f"{deb}: no drawing under {OPENCLIPART_PREFIX} in the task's folders")
+    rows, images = [], {}
+    for label, members in families.items():
+        for family in sorted(members, key=lambda f: _digest("openclipart-task", f))[:OPENCLIPART_PER_CLASS]:
+            rel, raw = members[family]
+            key = "openclipart-" + _digest(OPENCLIPART.name, rel)[:12]
+            image = load_rgb(raw, f"{deb.name}:{rel}")  # flattened on white, as the corpus' stamps are
+            # Clip art often sits small on a wide canvas; stamps fill theirs. Crop to the drawing.
+            box = ImageChops.difference(image, Image.new("RGB", image.size, (255, 255, 255))).getbbox()
+            image = image.crop(box) if box else image
+            image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+            images[key] = image
+            rows.append({"key": key, "image_path": f"images/{key}.png", "label": label,
+                         "caption": family.replace("_", " "), "sha256": hashlib.sha256(raw).hexdigest()})
+    rows.sort(key=lambda r: r["key"])
+    classnames = [name for name in dict.fromkeys(OPENCLIPART_CLASSES.values()) if name in families]
+    recipe = {"task": "openclipart", "per_class_cap": OPENCLIPART_PER_CLASS, "byte_identical_dropped": identical,
+              "oversized_skipped": oversized,
+              "source": {"package": OPENCLIPART.package, "version": OPENCLIPART.version,
+                         "sha256": OPENCLIPART.sha256, "license": OPENCLIPART.license}}
+    return _write_task(out, rows, classnames, recipe, images)
+
 def compose_single(stamp: Image.Image, key: str, size: int = SCENE_SIZE, seed: int = SCENE_SEED) -> Image.Image:
     """One stamp (RGBA, cropped to its alpha box) on a textured background, at a scale and
     position drawn from (seed, key): the same stamp always gives the same scene."""
@@ -171,10 +258,13 @@ def ensure_task(corpus: Path, name: str, sources_dir: Path | None = None) -> Pat
             return out
     except (OSError, ValueError):
         pass
-    if name == "emoji-twemoji":
-        from react.config import cache_dir
+    from react.config import cache_dir
 
-        return build_emoji_task(corpus, fetch(TWEMOJI, sources_dir or cache_dir() / "sources"), out)
+    sources = sources_dir or cache_dir() / "sources"
+    if name == "emoji-twemoji":
+        return build_emoji_task(corpus, fetch(TWEMOJI, sources), out)
+    if name == "openclipart":
+        return build_openclipart_task(corpus, fetch(OPENCLIPART, sources), out)
     if name == "stamp-scenes":
         return build_scenes_task(corpus, out)
-    raise ReactError(f"unknown suite task {name!r} (known: emoji-twemoji, stamp-scenes)")
+    raise ReactError(f"unknown suite task {name!r} (known: emoji-twemoji, stamp-scenes, openclipart)")

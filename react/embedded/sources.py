@@ -63,6 +63,18 @@ TWEMOJI = Source(
     homepage="npm package emoji-datasource-twitter (iamcal/emoji-data)",
 )
 
+# Not part of the corpus either: Open Clip Art Library drawings sorted by their authors into
+# folders, the evaluation suite's "same classes, other artists" task. Public domain.
+OPENCLIPART = Source(
+    name="openclipart",
+    registry="debian",
+    package="openclipart-png",
+    version="1:0.18+dfsg-19",
+    filename="openclipart-png_1%3a0.18+dfsg-19_all.deb",  # apt-get download escapes the epoch's colon
+    sha256="f07f1545a2970c2cf3fa339bc2405da1a95cf2b1827bfa05bf73eb1c20291c02",
+    license="public domain (Open Clip Art Library)",
+    homepage="Debian package openclipart-png (Open Clip Art Library 0.18)",
+)
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
