@@ -38,12 +38,15 @@ def main() -> None:
     from react.datasets import seal_splits
 
     seal_splits("test")
-    score_runs(args.base, args.corpus, [shlex.split(spec) for spec in args.run], args.out)
+    from react.embedded.corpus import fetch_embedded
+
+    score_runs(args.base, [args.corpus or fetch_embedded()], [shlex.split(spec) for spec in args.run], args.out)
 
 
-def score_runs(base_dir: str, corpus: Path | None, runs: list[list[str]], out: Path) -> list[dict]:
+def score_runs(base_dir: str, datasets: list[Path], runs: list[list[str]], out: Path) -> list[dict]:
     """Each run ``[NAME, SHARDS, *options]`` through ``react customize`` into OUT/NAME, scored on
-    the validation half; returns (and appends to OUT/results.jsonl) one row per run, the base first."""
+    the validation half of every dataset (``top1``: their mean; ``top1_by_task``: each); returns
+    (and appends to OUT/results.jsonl) one row per run, the base first."""
     import torch
 
     from react.datasets import build_classification_dataset, seal_splits
@@ -51,22 +54,28 @@ def score_runs(base_dir: str, corpus: Path | None, runs: list[list[str]], out: P
     from react.cli import run
     from react.models import load_model
 
-    from react.embedded.corpus import fetch_embedded
-
     seal_splits("test")
-    dataset = build_classification_dataset(str(corpus or fetch_embedded()), "val")
     base = load_model(base_dir, device="cpu")
-    classes = base.class_embeddings(dataset.classnames, dataset.templates)
-    images = torch.stack([base.preprocess(dataset[i][0]) for i in range(len(dataset))])
-    labels = torch.tensor(dataset.labels)
+    tasks = []
+    for path in datasets:
+        dataset = build_classification_dataset(str(path), "val")
+        classes = base.class_embeddings(dataset.classnames, dataset.templates)
+        images = torch.stack([base.preprocess(dataset[i][0]) for i in range(len(dataset))])
+        tasks.append((Path(path).name, classes, images, torch.tensor(dataset.labels), len(dataset.classnames)))
 
-    def score(model) -> tuple[float, float]:
-        pred = (model.encode_images(images) @ classes.T).argmax(1)
-        return (pred == labels).float().mean().item(), mean_per_class_recall(pred, labels, len(dataset.classnames))
+    def score(model) -> dict:
+        by_task, recall = {}, []
+        for name, classes, images, labels, n_classes in tasks:
+            pred = (model.encode_images(images) @ classes.T).argmax(1)
+            by_task[name] = (pred == labels).float().mean().item()
+            recall.append(mean_per_class_recall(pred, labels, n_classes))
+        return {"top1": sum(by_task.values()) / len(by_task), "mean_per_class_recall": sum(recall) / len(recall),
+                "top1_by_task": by_task}
 
-    top1, recall = score(base)
-    print(f"{'base':32s} top-1 {100 * top1:5.1f}  mean recall {100 * recall:5.1f}", flush=True)
-    rows = [{"name": "base", "options": "", "top1": top1, "mean_per_class_recall": recall, "images": len(dataset)}]
+    scored = score(base)
+    print(f"{'base':32s} top-1 {100 * scored['top1']:5.1f}  mean recall {100 * scored['mean_per_class_recall']:5.1f}",
+          flush=True)
+    rows = [{"name": "base", "options": "", **scored, "images": {t[0]: len(t[3]) for t in tasks}}]
     out.mkdir(parents=True, exist_ok=True)
     for name, shards, *options in runs:
         run_dir = out / name
@@ -75,12 +84,12 @@ def score_runs(base_dir: str, corpus: Path | None, runs: list[list[str]], out: P
                 "--log-every", "1000", *options]
         if run(argv) != 0:
             raise SystemExit(f"failed: react {' '.join(argv)}")
-        top1, recall = score(load_model(str(run_dir), device="cpu"))
+        scored = score(load_model(str(run_dir), device="cpu"))
         last = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])
-        row = {"name": name, "options": " ".join(options), "top1": top1, "mean_per_class_recall": recall,
-               "loss": last.get("loss"), "wall_s": round(time.time() - started, 1)}
-        print(f"{name:32s} top-1 {100 * top1:5.1f}  mean recall {100 * recall:5.1f}  loss {row['loss']:.3f}  "
-              f"{row['wall_s']:.0f} s", flush=True)
+        row = {"name": name, "options": " ".join(options), **scored, "loss": last.get("loss"),
+               "wall_s": round(time.time() - started, 1)}
+        print(f"{name:32s} top-1 {100 * row['top1']:5.1f}  mean recall {100 * row['mean_per_class_recall']:5.1f}  "
+              f"loss {row['loss']:.3f}  {row['wall_s']:.0f} s", flush=True)
         with open(out / "results.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
         rows.append(row)
