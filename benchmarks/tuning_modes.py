@@ -66,14 +66,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
 
-    from demo.customize_runs import RECIPE
+    from demo.customize_runs import MODE_RECIPE, RECIPE
     from downstream.report.intervals import correct, gain_interval
     from react.datasets import SEALED_ENV, seal_splits
     from react.embedded.corpus import fetch_embedded
 
     corpus = str(fetch_embedded())
     base, shards = str(args.demo / "base"), str(args.demo / "shards")
-    recipe = list(RECIPE)
+    recipe = [*RECIPE, *MODE_RECIPE["locked-text"][:2]]  # the new modes get locked-text's step budget
     started = time.time()
 
     # Phase 1: choose each new mode's learning rate on val, the test split sealed meanwhile.
