@@ -19,7 +19,8 @@ Variants: text queries only (the demo's task); ``mix`` (text + k examples per
 class); ``only`` (k examples per class, no text). Example images are the first
 k of each class in the downstream **validation** half (react.datasets'
 embedded split, ordered by hashed key); the test half is sealed in this
-process (react.datasets.seal_splits) and never opened. Both the demo's mode
+process (react.datasets.seal_splits) once the decontamination has embedded every
+split as pixels to drop, and never opened for anything else. Both the demo's mode
 (t2t) and t2i are measured.
 
     PYTHONPATH=. .venv/bin/python benchmarks/examples_bench.py --index out/demo/index \\
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only write DIR/<class>/<i>.jpg: the first --ks[0] validation images per class, the folder "
                         "`react retrieve --examples DIR` reads (for a customize run with examples), and stop")
     args = p.parse_args(argv)
-    seal_splits("test")  # examples come from the validation half only
     if args.write_examples is not None:
+        seal_splits("test")  # examples come from the validation half only
         write_examples_dir(dataset_examples(args.corpus.expanduser(), "val", args.ks[0]), args.write_examples)
         print(f"{args.write_examples}: {args.ks[0]} validation images per class")
         return 0
@@ -116,16 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.asarray(searcher.metadata(np.arange(searcher.rows), columns=["label"]).column("label").to_pylist(),
                         dtype=object)
     retriever = TaskRetriever(searcher, model)
-    exclusion = None
-    if not args.no_exclude:  # the demo's own decontamination; the sealed test half is read only as pixels
-        import os
-
-        from react.datasets import SEALED_ENV
-        sealed = os.environ.pop(SEALED_ENV)
-        try:
-            exclusion = embed_dataset(model, corpus, cache=cache_dir() / "exclude")
-        finally:
-            os.environ[SEALED_ENV] = sealed
+    # the demo's own decontamination reads every split as pixels to drop, so it comes before the seal
+    exclusion = None if args.no_exclude else embed_dataset(model, corpus, cache=cache_dir() / "exclude")
+    seal_splits("test")  # examples come from the validation half only
     runs = []
     for mode in args.modes:
         variants = [("text", 0, None)] + [(m, k, m) for k in args.ks for m in ("mix", "only")]

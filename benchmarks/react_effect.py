@@ -21,6 +21,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,21 +35,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the run directories and results.jsonl")
     parser.add_argument("--run", action="append", required=True, metavar='"NAME SHARDS [OPTIONS]"',
                         help="one customization run (repeat)")
+    parser.add_argument("--tasks", nargs="+", default=["stamps"], metavar="TASK",
+                        help="suite tasks whose validation halves score the runs (react eval suite's names; "
+                             "default: stamps, the corpus' own held-out task)")
     args = parser.parse_args()
     from react.datasets import seal_splits
 
     seal_splits("test")
     from react.embedded.corpus import fetch_embedded
 
-    score_runs(args.base, [args.corpus or fetch_embedded()], [shlex.split(spec) for spec in args.run], args.out)
+    score_runs(args.base, args.corpus or fetch_embedded(), args.tasks, [shlex.split(spec) for spec in args.run],
+               args.out)
 
 
-def score_runs(base_dir: str, datasets: list[Path], runs: list[list[str]], out: Path) -> list[dict]:
+def score_runs(base_dir: str, corpus: Path, task_names: Sequence[str], runs: list[list[str]], out: Path
+               ) -> list[dict]:
     """Each run ``[NAME, SHARDS, *options]`` through ``react customize`` into OUT/NAME, scored on
-    the validation half of every dataset (``top1``: their mean; ``top1_by_task``: each); returns
-    (and appends to OUT/results.jsonl) one row per run, the base first."""
+    the validation half of every suite task named (``top1``: their mean; ``top1_by_task``: each);
+    returns (and appends to OUT/results.jsonl) one row per run, the base first."""
     import torch
 
+    from downstream.suite import task_dataset
     from react.datasets import build_classification_dataset, seal_splits
     from downstream.tasks.metrics import mean_per_class_recall
     from react.cli import run
@@ -57,11 +64,11 @@ def score_runs(base_dir: str, datasets: list[Path], runs: list[list[str]], out: 
     seal_splits("test")
     base = load_model(base_dir, device="cpu")
     tasks = []
-    for path in datasets:
-        dataset = build_classification_dataset(str(path), "val")
+    for task in task_names:
+        dataset = build_classification_dataset(str(task_dataset(corpus, task)), "val")
         classes = base.class_embeddings(dataset.classnames, dataset.templates)
         images = torch.stack([base.preprocess(dataset[i][0]) for i in range(len(dataset))])
-        tasks.append((Path(path).name, classes, images, torch.tensor(dataset.labels), len(dataset.classnames)))
+        tasks.append((task, classes, images, torch.tensor(dataset.labels), len(dataset.classnames)))
 
     def score(model) -> dict:
         by_task, recall = {}, []

@@ -58,8 +58,7 @@ def grid() -> list[dict]:
 
 def prepare_shards(demo: Path, corpus: Path, clipart: Path, out: Path, mode: str) -> Path:
     """The demo task in ``mode``, retrieved in-process from the demo's index and downloaded."""
-    from download.loopback import serve_corpus
-    from react.cli import run
+    from download.loopback import download_served
     from react.schemas import CLASSES_FILE, DOWNLOAD_MANIFEST, TEMPLATES_FILE
 
     shards = out / f"shards-{mode}"
@@ -70,13 +69,17 @@ def prepare_shards(demo: Path, corpus: Path, clipart: Path, out: Path, mode: str
             str(corpus / TEMPLATES_FILE), "--k", "50", "--mode", mode, "--exclude", str(corpus), str(clipart),
             "--out", str(subset),
             "--json", str(out / f"subset-{mode}.json")]
+    checked(argv)
+    download_served(corpus, subset, shards, checked, "--overwrite")
+    return shards
+
+
+def checked(argv: list[str]) -> None:
+    """``react ARGV`` in this process; a failure ends the sweep."""
+    from react.cli import run
+
     if run(argv) != 0:
         raise SystemExit(f"failed: react {' '.join(argv)}")
-    with serve_corpus(corpus):
-        argv = ["download", str(subset), "--out", str(shards), "--shard-size", "100", "--overwrite"]
-        if run(argv) != 0:
-            raise SystemExit(f"failed: react {' '.join(argv)}")
-    return shards
 
 
 def best(rows: list[dict], keys: list[str]) -> tuple[str, dict]:
@@ -121,7 +124,7 @@ def main() -> None:
     def sweep(configs: list[tuple[str, str, dict]]) -> None:
         specs = [[f"{key}-seed{seed}", str(shards[mode]), *recipe_options(r, seed)]
                  for key, mode, r in configs for seed in args.seeds]
-        scored = score_runs(base, [corpus, clipart], specs, args.out / "runs")
+        scored = score_runs(base, corpus, ("stamps", "openclipart"), specs, args.out / "runs")
         tags = {f"{key}-seed{seed}": key for key, _, _ in configs for seed in args.seeds}
         if not any(r["name"] == "base" for r in rows):
             rows.append({**scored[0], "config": "base"})

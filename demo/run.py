@@ -154,7 +154,7 @@ def _download(corpus: Path, subset: Path, shards: Path, timings: dict[str, float
     corpus served on loopback (the same HTTP path as LAION urls take); a
     download of the same rows is resumed, so a second demo fetches nothing."""
     from download.inputs import read_subset
-    from download.loopback import serve_corpus
+    from download.loopback import download_served
     from react.schemas import DOWNLOAD_MANIFEST
 
     try:
@@ -162,14 +162,10 @@ def _download(corpus: Path, subset: Path, shards: Path, timings: dict[str, float
     except (OSError, ValueError, KeyError):
         done = None
     mode = "--resume" if done == read_subset(subset).digest else "--overwrite"
-    with serve_corpus(corpus) as web:
-        console.print(f"serving the retrieval corpus' images on {web.url} (http_proxy for its urls)")
-        # shards of 100: several per DataLoader worker for the trainer
-        _step(name, ["download", str(subset), "--out", str(shards), "--shard-size", "100", mode], timings)
-    s = json.loads((shards / DOWNLOAD_MANIFEST).read_text())["summary"]
+    s, served = download_served(corpus, subset, shards, lambda argv: _step(name, argv, timings), mode)
     return {"requested": s["requested"], "downloaded": s["downloaded"], "failed": s["failed"],
             "failed_by_reason": s["failed_by_reason"], "shards": s["shards"], "warnings": len(s["warnings"]),
-            "seconds": timings[name], "images_served": web.served, "safety": s.get("safety")}
+            "seconds": timings[name], "images_served": served, "safety": s.get("safety")}
 
 
 def _same_model(embeddings: Path, model: Path) -> bool:

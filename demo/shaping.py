@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from react.progress import console
-from react.schemas import CLASSES_FILE, DOWNLOAD_MANIFEST, TEMPLATES_FILE
+from react.schemas import CLASSES_FILE, TEMPLATES_FILE
 
 Step = Callable[[str, list[str]], None]
 
@@ -70,22 +70,20 @@ def coverage_line(report_path: Path) -> dict:
 def link_rot(step: Step, url: str, corpus: Path, subset: Path, out: Path, mode: str, exclude: Sequence[str]) -> dict:
     """The subset downloaded again from a loopback web where a fixed ``ROT_FRACTION`` of urls 404,
     then one ``react retrieve --top-up`` round and its download appended to the same shards."""
-    from download.loopback import serve_corpus
+    from download.loopback import download_served
 
     folder = out / "link_rot"
     shards, topup = folder / "shards", folder / "topup-1.parquet"
     topup.unlink(missing_ok=True)
-    with serve_corpus(corpus, fail_fraction=ROT_FRACTION):
-        step("download-rotten", ["download", str(subset), "--out", str(shards), "--shard-size", "100",
-                                 "--overwrite"])
-    before = json.loads((shards / DOWNLOAD_MANIFEST).read_text())["summary"]
+    before, _ = download_served(corpus, subset, shards, lambda argv: step("download-rotten", argv), "--overwrite",
+                                fail_fraction=ROT_FRACTION)
     # outside the loopback web: its proxy settings would route the service's own requests too
     step("top-up", ["retrieve", "--server", url, *task_args(corpus, mode, exclude), "--top-up", str(shards),
                     "--out", str(topup), "--json", str(folder / "topup-1.json")])
+    after = before
     if topup.exists():
-        with serve_corpus(corpus, fail_fraction=ROT_FRACTION):
-            step("download-top-up", ["download", str(topup), "--out", str(shards), "--shard-size", "100"])
-    after = json.loads((shards / DOWNLOAD_MANIFEST).read_text())["summary"]
+        after, _ = download_served(corpus, topup, shards, lambda argv: step("download-top-up", argv),
+                                   fail_fraction=ROT_FRACTION)
     b, a = before.get("top_up", {}), after.get("top_up", {})
     return {"rot_fraction": ROT_FRACTION, "requested": before["requested"], "downloaded": before["downloaded"],
             "short_before": b.get("short", 0), "short_classes_before": b.get("short_classes", 0),

@@ -11,18 +11,20 @@ and nothing leaves the machine.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow.parquet as pq
 
 from react.errors import ReactError
 
 PROXY_VARS = ("http_proxy", "HTTP_PROXY")
+SHARD_SIZE = 100  # at the embedded task's ~600 rows: several shards per DataLoader worker for the trainer
 NO_PROXY_VARS = ("no_proxy", "NO_PROXY")
 
 
@@ -117,3 +119,15 @@ def serve_corpus(corpus: Path, parts: tuple[str, ...] = ("retrieval",), fail_fra
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+
+def download_served(corpus: Path, subset: Path, shards: Path, run: Callable[[list[str]], None], *options: str,
+                    fail_fraction: float = 0.0) -> tuple[dict, int]:
+    """``react download`` of ``subset`` into ``shards`` (``run`` executes the argv: the demo's timed
+    step, a benchmark's checked call) with ``corpus``' images as the web; returns the download
+    manifest's summary and how many images the loopback web served."""
+    from react.schemas import DOWNLOAD_MANIFEST
+
+    with serve_corpus(corpus, fail_fraction=fail_fraction) as web:
+        run(["download", str(subset), "--out", str(shards), "--shard-size", str(SHARD_SIZE), *options])
+    return json.loads((shards / DOWNLOAD_MANIFEST).read_text())["summary"], web.served

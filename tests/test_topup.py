@@ -268,3 +268,26 @@ def test_loopback_web_404s_the_rotten_urls(world):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.build_opener(proxy).open(url, timeout=5)
         assert err.value.code == 404
+
+
+def test_download_served_fetches_the_subset_through_the_rotting_loopback_web(world, tmp_path):
+    """The helper the demo and the recipe sweep download with: the manifest summary it returns
+    is the one written, and the web served exactly the urls that did not rot."""
+    from download.loopback import download_served
+
+    corpus, *_ = world
+    subset, shards = tmp_path / "subset.parquet", tmp_path / "shards"
+    assert run(["retrieve", *_task(world), "--out", str(subset)]) == 0
+    urls = {f"{HOST}/images/{r['key']}.jpg" for r in _rows(subset)}
+    calls: list[list[str]] = []
+
+    def step(argv: list[str]) -> None:
+        calls.append(argv)
+        assert run(argv) == 0
+
+    summary, served = download_served(corpus, subset, shards, step, *FAST, fail_fraction=0.5)
+    assert calls[0][:4] == ["download", str(subset), "--out", str(shards)] and len(calls) == 1
+    assert summary == json.loads((shards / DOWNLOAD_MANIFEST).read_text())["summary"]
+    alive = sum(not rotten(u, 0.5) for u in urls)
+    assert 0 < alive < len(urls)  # the fixed fraction rots some of these urls, not all
+    assert summary["requested"] == len(urls) and summary["downloaded"] == alive == served
