@@ -63,6 +63,8 @@ VARIANTS: dict[str, list[str]] = {
     "img96-steps900": ["--image-size", "96", "--steps", "900"],
     "patch4-steps900": ["--patch-size", "4", "--steps", "900"],
     "img96-layers6": ["--image-size", "96", "--layers", "6"],
+    "mosaic": ["--mosaic-weight", "1"],
+    "layers6-mosaic": ["--layers", "6", "--mosaic-weight", "1"],
 }
 VAL_SCENES = "even"  # composed scenes whose index is even
 

@@ -136,6 +136,14 @@ def add_retrieval(tasks: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_retrieval)
 
 
+def add_dense_mode(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument("--dense-mode", choices=DENSE_MODES, default=DENSE_MODES[0],
+                   help=f"{prefix}the last block's path to patch features: maskclip = value projection + "
+                        "residual + MLP as MaskCLIP's code; value = value and output projection only; "
+                        "tokens = the block as it runs, attention included (towers trained for dense "
+                        f"features, e.g. the embedded base with --mosaic-weight) (default: {DENSE_MODES[0]})")
+
+
 def add_detection(tasks: argparse._SubParsersAction) -> None:
     p = tasks.add_parser(
         "detection", help="zero-shot detection with given boxes (RegionCLIP's zero-shot setting)",
@@ -162,6 +170,7 @@ def add_detection(tasks: argparse._SubParsersAction) -> None:
     p.add_argument("--dense-size", type=int, default=None, metavar="PIXELS",
                    help="roi only: the longer image side fed to the tower, rounded to whole patches "
                         "(default: the tower's training size)")
+    add_dense_mode(p, "roi only: ")
     p.add_argument("--templates", default=None, metavar="NAME|FILE",
                    help="prompt templates: imagenet, simple, classname, or a file with one template per "
                         f"line (default: the embedded corpus' own, else {DEFAULT_TEMPLATES})")
@@ -195,9 +204,7 @@ def add_segmentation(tasks: argparse._SubParsersAction) -> None:
                    help="resize each image so its shorter side is about PX pixels (whole patches) before "
                         "the image tower; the positional embedding is resized to match (default: the "
                         "model's own image size, e.g. 224 for ViT-B/16, 64 for the embedded base)")
-    p.add_argument("--dense-mode", choices=DENSE_MODES, default=DENSE_MODES[0],
-                   help="last-block path: maskclip = value projection + residual + MLP as MaskCLIP's code; "
-                        f"value = value and output projection only (default: {DENSE_MODES[0]})")
+    add_dense_mode(p)
     p.add_argument("--key-smoothing", action="store_true",
                    help="MaskCLIP key smoothing: average patch class probabilities weighted by the "
                         "cosine affinity of the last block's keys")

@@ -25,7 +25,7 @@ DEFAULT_SCENES = 200             # number of scenes
 DEFAULT_SCENE_SEED = 0
 
 # segmentation (and the dense features behind roi detection)
-DENSE_MODES = ("maskclip", "value")                  # last-block path; the first is the default
+DENSE_MODES = ("maskclip", "value", "tokens")                  # last-block path; the first is the default
 BACKGROUND_MODES = ("threshold", "prompts", "class")  # how 'background' is scored; the first is the default
 DEFAULT_DENOISE_THRESHOLD = 0.5
 DEFAULT_BACKGROUND_THRESHOLD = 0.3

@@ -227,12 +227,12 @@ def run_detection(args: argparse.Namespace) -> int:
     text = class_embeddings(model, data.classnames, templates)
     metrics, per_class, details = evaluate_detection(
         model, data, text, boxes=proposals, region_features=args.region_features,
-        dense_size=args.dense_size, nms_iou=args.nms_iou, batch_size=args.batch_size)
+        dense_size=args.dense_size, nms_iou=args.nms_iou, batch_size=args.batch_size, dense_mode=args.dense_mode)
     result = {
         "task": "detection", "model": model.name, "dataset": data.name,
         "metrics": metrics, "per_class": per_class,
         "settings": {"boxes": args.boxes, "region_features": args.region_features,
-                     "dense_size": details.pop("dense_size"), "nms_iou": args.nms_iou,
+                     "dense_size": details.pop("dense_size"), "dense_mode": args.dense_mode, "nms_iou": args.nms_iou,
                      "templates": describe_templates(templates_arg), "num_templates": len(templates)},
         "counts": {**data.counts, **proposal_counts, **details},
         "seconds": round(time.perf_counter() - start, 2),

@@ -73,6 +73,17 @@ def test_value_mode_differs_and_is_normalized(tiny_model):
         dense_features(tiny_model, images, mode="qk")
 
 
+def test_tokens_mode_is_the_towers_own_output_tokens(tiny_model):
+    visual = copy.deepcopy(tiny_model.model.visual).eval()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    visual.output_tokens = True
+    with torch.no_grad():
+        _, tokens = visual(images)
+    own = torch.nn.functional.normalize(tokens @ visual.proj, dim=-1).reshape(2, 2, 2, -1)
+    assert torch.allclose(dense_features(visual, images, mode="tokens"), own, atol=1e-5)
+    assert not torch.allclose(dense_features(visual, images, mode="tokens"), dense_features(visual, images))
+
+
 def test_gated_blocks_apply_on_the_dense_path(tiny_model):
     from customize.gated import gated_blocks, insert_gated_blocks
 
@@ -88,6 +99,13 @@ def test_gated_blocks_apply_on_the_dense_path(tiny_model):
             block.mlp_gate.fill_(0.5)
     opened = dense_features(grown, images)
     assert (opened - base).abs().max() > 1e-3
+    # tokens mode runs the last block itself: its gated block must apply once, as in the tower's forward
+    grown.visual.output_tokens = True
+    with torch.no_grad():
+        _, tokens = grown.visual(images)
+    grown.visual.output_tokens = False
+    own = torch.nn.functional.normalize(tokens @ grown.visual.proj, dim=-1).reshape(2, 2, 2, -1)
+    assert torch.allclose(dense_features(grown, images, mode="tokens"), own, atol=1e-5)
 
 
 def test_unsupported_towers_and_bad_input(tiny_model):

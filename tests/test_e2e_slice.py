@@ -148,6 +148,10 @@ def test_zeroshot_cli_writes_result(small_base: Path, small_corpus: Path, tmp_pa
         (["base", "train-embedded", "--corpus", "{tmp}/empty", "--out", "{tmp}/b"], "empty"),
         (["base", "train-embedded", "--corpus", "{corpus}", "--out", "{tmp}/b", "--photo-weight", "0"], "--photo-weight"),
         (["base", "train-embedded", "--corpus", "{corpus}", "--out", "{tmp}/b", "--lr", "-1"], "--lr"),
+        (["base", "train-embedded", "--corpus", "{corpus}", "--out", "{tmp}/b", "--mosaic-weight", "-1"],
+         "--mosaic-weight"),
+        (["base", "train-embedded", "--corpus", "{corpus}", "--out", "{tmp}/b", "--mosaic-weight", "1",
+          "--image-size", "72"], "even patch grid"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_culprit(argv, culprit, small_corpus, small_base, tmp_path):
@@ -159,3 +163,35 @@ def test_bad_input_is_one_line_naming_the_culprit(argv, culprit, small_corpus, s
     assert lines[-1].startswith("error: ") and culprit in lines[-1], proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "b").exists()
+
+
+def test_mosaic_loss_trains_a_base_whose_patch_tokens_are_read_by_the_evaluators(small_corpus: Path, tmp_path: Path):
+    """--mosaic-weight: the recipe records it, the weights differ from a run without it (same
+    seed), and the output tokens it trains are what `--dense-mode tokens` reads."""
+    from safetensors.torch import load_file
+
+    from downstream.tasks.dense import dense_features
+    from react.models import load_model
+
+    out = tmp_path / "mosaic"
+    assert run(["base", "train-embedded", "--corpus", str(small_corpus), "--out", str(out), "--steps", "4",
+                "--batch-size", "16", "--mosaic-weight", "1"]) == 0
+    recipe = json.loads((out / "open_clip_config.json").read_text())["react"]["base"]["recipe"]
+    assert recipe["mosaic_weight"] == 1.0
+    plain = tmp_path / "plain"
+    assert run(["base", "train-embedded", "--corpus", str(small_corpus), "--out", str(plain), "--steps", "4",
+                "--batch-size", "16"]) == 0
+    a, b = load_file(str(out / "open_clip_model.safetensors")), load_file(str(plain / "open_clip_model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("visual."))
+    model = load_model(str(out), device="cpu")
+    visual = model.model.visual
+    assert not visual.output_tokens  # saved as an ordinary tower
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    visual.output_tokens = True
+    try:
+        with torch.no_grad():
+            _, tokens = visual(images)
+    finally:
+        visual.output_tokens = False
+    own = torch.nn.functional.normalize(tokens @ visual.proj, dim=-1).reshape(2, 8, 8, -1)
+    assert torch.allclose(dense_features(model, images, mode="tokens"), own, atol=1e-5)

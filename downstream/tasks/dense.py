@@ -18,6 +18,10 @@ What the last block keeps (``mode``):
 - ``"value"``: the paper's 1x1-convolution reading: ``out_proj(v_proj(ln_1(x)))``
   alone, no residual and no MLP. Noisier residual stream left out; kept as an
   option because later work (ClearCLIP, SCLIP) found it sometimes localizes better.
+- ``"tokens"``: the last block as it runs, attention included: the tower's own
+  output patch tokens. For towers trained to make those say what they cover
+  (the embedded base's mosaic loss, avg-pooled towers); in CLIP-trained towers
+  attention mixes them globally, which is why MaskCLIP drops it.
 
 Everything before the last block runs through the modules themselves
 (``block(x)``), so forward pre-hooks fire: customize/gated.py runs its gated
@@ -40,7 +44,7 @@ from torch import nn
 from downstream.defaults import DENSE_MODES
 from react.errors import ReactError
 
-Mode = Literal["maskclip", "value"]
+Mode = Literal["maskclip", "value", "tokens"]
 
 
 @dataclass
@@ -174,10 +178,15 @@ def dense_outputs(model: nn.Module, images: torch.Tensor, mode: Mode = "maskclip
     for block in blocks[:-1]:
         x = block(x, attn_mask=None)
     x = _block_input(blocks[-1], x)
+    # forward(), not the module call: the block's pre-hooks (a gated block) have already run
+    full = blocks[-1].forward(x, attn_mask=None) if mode == "tokens" else None
     if not batch_first:
         x = x.transpose(0, 1)
+        full = full.transpose(0, 1) if full is not None else None
     # The value path is per token; the class token is dropped afterwards.
-    tokens, keys = _value_path(blocks[-1], x, mode)
+    tokens, keys = _value_path(blocks[-1], x, "value" if full is not None else mode)
+    if full is not None:
+        tokens = full
     tokens = visual.ln_post(tokens[:, 1:])
     if visual.proj is not None:
         tokens = tokens @ visual.proj

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from downstream.data.coco import DetectionData, ImageRecord
-from downstream.defaults import DEFAULT_BATCH_SIZE, DEFAULT_NMS_IOU, REGION_MODES
+from downstream.defaults import DEFAULT_BATCH_SIZE, DEFAULT_NMS_IOU, DENSE_MODES, REGION_MODES
 from react.errors import ReactError
 from react.images import load_rgb
 from react.models import LoadedModel
@@ -99,7 +99,7 @@ def pool_regions(features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
 
 
 def roi_features(model: LoadedModel, images: list[Image.Image], boxes: list[np.ndarray],
-                 dense_size: int) -> list[torch.Tensor]:
+                 dense_size: int, dense_mode: str = DENSE_MODES[0]) -> list[torch.Tensor]:
     """Per image, [K, 4] xyxy boxes in image pixels -> [K, D] normalized
     RoIAlign-pooled dense features. Images of one resized shape share a forward pass."""
     from downstream.tasks.dense import dense_features, vision_tower
@@ -110,7 +110,7 @@ def roi_features(model: LoadedModel, images: list[Image.Image], boxes: list[np.n
     shapes = sorted({tuple(t.shape) for t, _, _ in inputs})
     for shape in shapes:
         members = [i for i, (t, _, _) in enumerate(inputs) if tuple(t.shape) == shape]
-        dense = dense_features(model, torch.stack([inputs[i][0] for i in members]))  # [B, h, w, D]
+        dense = dense_features(model, torch.stack([inputs[i][0] for i in members]), dense_mode)  # [B, h, w, D]
         for row, i in enumerate(members):
             _, sx, sy = inputs[i]
             # Boxes straight into patch-grid units: one feature cell per patch.
@@ -244,12 +244,14 @@ def _load(record: ImageRecord) -> Image.Image:
 def evaluate_detection(model: LoadedModel, data: DetectionData, text: torch.Tensor,
                        boxes: dict[int, np.ndarray] | None = None, region_features: str = REGION_MODES[0],
                        dense_size: int | None = None, nms_iou: float = DEFAULT_NMS_IOU,
-                       batch_size: int = DEFAULT_BATCH_SIZE
+                       batch_size: int = DEFAULT_BATCH_SIZE, dense_mode: str = DENSE_MODES[0]
                        ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     """Score ``boxes`` (default: the ground-truth boxes) of every image against
     ``text`` ([C, D] class embeddings, category order) and evaluate.
 
     Returns (metrics, per-class AP50 by class name, details)."""
+    if dense_mode not in DENSE_MODES:
+        raise ReactError(f"unknown --dense-mode {dense_mode!r} (choose from {', '.join(DENSE_MODES)})")
     if region_features not in REGION_MODES:
         raise ReactError(f"unknown --region-features {region_features!r} (choose from {', '.join(REGION_MODES)})")
     if not 0.0 < nms_iou <= 1.0:
@@ -274,7 +276,7 @@ def evaluate_detection(model: LoadedModel, data: DetectionData, text: torch.Tens
             images = [_load(r) for r in records]
             chunk_boxes = [boxes[r.id] for r in records]
             if region_features == "roi":
-                feats = roi_features(model, images, chunk_boxes, dense_size)
+                feats = roi_features(model, images, chunk_boxes, dense_size, dense_mode)
             else:
                 feats = crop_features(model, images, chunk_boxes, batch_size)
             for record, image_boxes, image_feats in zip(records, chunk_boxes, feats):

@@ -46,6 +46,10 @@ class BaseRecipe:
     # token, as CLIP) or "avg" (the mean patch token, so every patch is trained
     # towards the joint space that dense features are read in).
     pool_type: str = "tok"
+    # Weight of the mosaic loss (0: off). Each step also tiles the batch into 2x2 mosaics and
+    # contrasts each quadrant's mean output patch token with that image's caption: the class
+    # token alone never asks a patch to say what it covers, and dense tasks read patches.
+    mosaic_weight: float = 0.0
     steps: int = 450
     batch_size: int = 128
     lr: float = 1e-3
@@ -146,6 +150,25 @@ def augment(batch: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tenso
     return (out - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
+def mosaics(x: torch.Tensor) -> torch.Tensor:
+    """[4m, 3, S, S] -> [m, 3, S, S]: images 4j..4j+3 shrunk to S/2 and tiled as the top-left,
+    top-right, bottom-left, bottom-right quadrants of mosaic j."""
+    m, size = len(x) // 4, x.shape[-1]
+    half = F.interpolate(x[: 4 * m], size=(size // 2, size // 2), mode="bilinear", align_corners=False,
+                         antialias=True)
+    quads = half.reshape(m, 2, 2, 3, size // 2, size // 2)  # [m, row, col, C, h, w]
+    return quads.permute(0, 3, 1, 4, 2, 5).reshape(m, 3, size, size)
+
+
+def quadrant_embeddings(tokens: torch.Tensor, proj: torch.Tensor | None, grid: int) -> torch.Tensor:
+    """Output patch tokens of m mosaics [m, grid*grid, width] -> [4m, D]: each quadrant's mean
+    token through the visual projection, in the order ``mosaics`` tiled the images."""
+    m, width = tokens.shape[0], tokens.shape[-1]
+    half = grid // 2
+    t = tokens.reshape(m, 2, half, 2, half, width).mean(dim=(2, 4)).reshape(4 * m, width)
+    return t @ proj if proj is not None else t
+
+
 def soft_targets(text: torch.Tensor, gamma: float, ids: torch.Tensor | None = None) -> torch.Tensor:
     """Row-normalized positives: pairs whose captions nearly coincide (or that
     show the same image) are not pushed apart (REACT eq. 2.4-2.6; gamma=1
@@ -243,6 +266,10 @@ def train_base(corpus: Path, out: Path, r: BaseRecipe) -> dict:
         opt, lambda s: (s + 1) / r.warmup if s < r.warmup
         else 0.5 * (1 + math.cos(math.pi * (s - r.warmup) / max(1, r.steps - r.warmup))))
     model.visual.train()
+    grid = r.image_size // r.patch_size
+    if r.mosaic_weight > 0 and grid % 2:
+        raise ReactError(f"the mosaic loss needs an even patch grid, not {grid}x{grid}")
+    model.visual.output_tokens = r.mosaic_weight > 0
     n = len(images)
     # An epoch visits emoji once and everything else photo_weight times: the
     # downstream domain is photos and clip-art, which emoji alone under-represent.
@@ -259,14 +286,24 @@ def train_base(corpus: Path, out: Path, r: BaseRecipe) -> dict:
             cursor += r.batch_size
             pick = starts[idx] + (torch.rand(len(idx), generator=gen) * counts[idx]).long()
             x = augment(images[idx], r.image_size, gen)
-            img = F.normalize(model.visual(x), dim=-1)
-            loss = contrastive_loss(img, text_feats[pick], model.logit_scale.exp().clamp(max=100), r.gamma, idx)
+            scale = model.logit_scale.exp().clamp(max=100)
+            if r.mosaic_weight > 0:
+                quads = 4 * (len(x) // 4)
+                pooled, tokens = model.visual(torch.cat([x, mosaics(x)]))
+                img = F.normalize(pooled[: len(x)], dim=-1)
+                quad = F.normalize(quadrant_embeddings(tokens[len(x):], model.visual.proj, grid), dim=-1)
+                loss = contrastive_loss(img, text_feats[pick], scale, r.gamma, idx) + r.mosaic_weight * \
+                    contrastive_loss(quad, text_feats[pick[:quads]], scale, r.gamma, idx[:quads])
+            else:
+                img = F.normalize(model.visual(x), dim=-1)
+                loss = contrastive_loss(img, text_feats[pick], scale, r.gamma, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             losses.append(loss.item())
             bar.update(task, advance=1, description=f"training base image tower (loss {np.mean(losses[-20:]):.3f})")
+    model.visual.output_tokens = False
     model.eval()
     info = {"recipe": asdict(r), "pairs": n, "captions": len(flat), "train_seconds": round(time.time() - started, 1),
             "final_loss": round(float(np.mean(losses[-20:])), 4), "corpus": str(corpus),

@@ -49,6 +49,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--pool", default=None, choices=("tok", "avg"),
                        help="image embedding: tok = the class token (as CLIP), avg = the mean patch token "
                             "(default: the recipe's)")
+    train.add_argument("--mosaic-weight", type=float, default=None, metavar="W",
+                       help="weight of the mosaic loss: 2x2 mosaics of training images, each quadrant's mean "
+                            "output patch token contrasted with its image's caption, so patch features say "
+                            "what they cover (dense tasks: eval --dense-mode tokens); 0 = off (default: the "
+                            "recipe's, 0)")
     train.add_argument("--photo-weight", type=int, default=None,
                        help="how many times more often stamps (photos, clip-art) are drawn than emoji "
                             "(default: the recipe's, 4; 1 samples uniformly)")
@@ -93,8 +98,15 @@ def _train(args: argparse.Namespace) -> int:
         setattr(recipe, name, value)
     if args.pool is not None:
         recipe.pool_type = args.pool
+    if args.mosaic_weight is not None:
+        if not args.mosaic_weight >= 0:
+            raise ReactError(f"--mosaic-weight must be 0 or more, got {args.mosaic_weight}")
+        recipe.mosaic_weight = args.mosaic_weight
     if recipe.image_size % recipe.patch_size:
         raise ReactError(f"--image-size {recipe.image_size} is not a whole number of {recipe.patch_size}-px patches")
+    if recipe.mosaic_weight > 0 and (recipe.image_size // recipe.patch_size) % 2:
+        raise ReactError(f"--mosaic-weight needs an even patch grid (2x2 mosaics of whole patches), not "
+                         f"{recipe.image_size // recipe.patch_size}x{recipe.image_size // recipe.patch_size}")
     if recipe.width % 64:
         raise ReactError(f"--width must be a multiple of 64 (the head width), got {recipe.width}")
     if args.photo_weight is not None:
