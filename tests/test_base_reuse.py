@@ -90,3 +90,20 @@ def test_pool_flag_reaches_the_recipe_and_the_default_config_is_unchanged(monkey
     assert _train_with(monkeypatch, tmp_path, "--pool", "avg").pool_type == "avg"
     assert "pool_type" not in model_config(BaseRecipe())["vision_cfg"]
     assert model_config(BaseRecipe(pool_type="avg"))["vision_cfg"]["pool_type"] == "avg"
+
+
+def test_a_base_saved_before_the_mosaic_loss_counts_as_trained_without_it(tmp_path):
+    """The recipe's mosaic_weight default changed from 0 to 1: a base whose config predates
+    the field was trained without the loss, so it is current only for a recipe without it."""
+    corpus, base = _dirs(tmp_path, "embedded-v9", "embedded-v9", BaseRecipe(mosaic_weight=0.0))
+    config = json.loads((base / CONFIG_FILE).read_text())
+    del config["react"]["base"]["recipe"]["mosaic_weight"]
+    (base / CONFIG_FILE).write_text(json.dumps(config))
+    assert BaseRecipe().mosaic_weight == 1.0
+    assert not is_current(base, corpus, BaseRecipe())
+    assert is_current(base, corpus, BaseRecipe(mosaic_weight=0.0))
+
+
+def test_mosaic_weight_flag_reaches_the_recipe(monkeypatch, tmp_path):
+    assert _train_with(monkeypatch, tmp_path, "--mosaic-weight", "0").mosaic_weight == 0.0
+    assert _train_with(monkeypatch, tmp_path, "--mosaic-weight", "0.5").mosaic_weight == 0.5

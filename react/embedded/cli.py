@@ -52,8 +52,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--mosaic-weight", type=float, default=None, metavar="W",
                        help="weight of the mosaic loss: 2x2 mosaics of training images, each quadrant's mean "
                             "output patch token contrasted with its image's caption, so patch features say "
-                            "what they cover (dense tasks: eval --dense-mode tokens); 0 = off (default: the "
-                            "recipe's, 0)")
+                            "what they cover; 0 = off (default: the recipe's, 1)")
     train.add_argument("--photo-weight", type=int, default=None,
                        help="how many times more often stamps (photos, clip-art) are drawn than emoji "
                             "(default: the recipe's, 4; 1 samples uniformly)")
