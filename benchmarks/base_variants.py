@@ -7,11 +7,9 @@ whose wall time and CPU time -- user + system, all threads -- are recorded),
 then evaluated on VALIDATION data only, with the options the demo uses
 (demo/transfer.py: every task's defaults):
 
-- zero-shot top-1 on the first half of the embedded downstream images: the
-  embedded corpus has only a ``test`` split (``react eval zeroshot --split val``
-  is refused), so each class is cut the way the linear probe cuts it
-  (``stratified_halves``: shuffled with seed 0, the first floor(n/2) images,
-  105 of 217) and only that half is scored;
+- zero-shot top-1 on the corpus' validation half (``react eval zeroshot
+  --split val``: 112 of the 217 held-out stamps); the test half is sealed in
+  this process and the evaluations it starts (``react.datasets.seal_splits``);
 - detection AP50 with ground-truth boxes, RoIAlign over the dense patch features
   (``--region-features roi``, the default) against the crop-and-encode
   baseline (``--region-features crop``);
@@ -99,29 +97,14 @@ def react(*args: str) -> list[str]:
 # --- validation data ------------------------------------------------------------------
 
 def prepare_validation(corpus: Path, work: Path) -> dict:
-    """WORK/val/zeroshot (a corpus directory holding the first half of each
-    downstream class) and WORK/val/scenes (the even composed scenes, in both
-    the COCO and the mask form); the all-background segmentation baseline."""
-    import pyarrow.parquet as pq
-
+    """The corpus' own validation half for zero-shot, WORK/val/scenes (the even composed
+    scenes, in both the COCO and the mask form) and the all-background segmentation baseline."""
     from downstream.data.scenes import ensure_scenes
-    from downstream.tasks.linear_probe import stratified_halves
     from downstream.tasks.segmentation import confusion_matrix, segmentation_metrics
     from PIL import Image
+    from react.datasets import build_classification_dataset
 
     val = work / "val"
-    zs = val / "zeroshot"
-    table = pq.read_table(corpus / "downstream.parquet")
-    classes = [c.strip() for c in (corpus / "downstream_classes.txt").read_text().splitlines() if c.strip()]
-    labels = [classes.index(x) for x in table.column("label").to_pylist()]
-    first, _ = stratified_halves(labels)
-    if not (zs / "downstream.parquet").is_file():
-        zs.mkdir(parents=True, exist_ok=True)
-        for name in ("downstream_classes.txt", "downstream_templates.txt"):
-            shutil.copy(corpus / name, zs / name)
-        if not (zs / "images").exists():
-            (zs / "images").symlink_to(corpus / "images")
-        pq.write_table(table.take(first), zs / "downstream.parquet")
 
     scenes_src = ensure_scenes(corpus)  # the demo's 200 scenes, seed 0
     sc = val / "scenes"
@@ -148,8 +131,8 @@ def prepare_validation(corpus: Path, work: Path) -> dict:
         conf = conf + confusion_matrix(np.zeros_like(mask), mask, len(seg_classes), 255)
     background, _ = segmentation_metrics(conf, seg_classes)
     n_boxes = sum(1 for a in instances["annotations"] if a["image_id"] in keep)
-    return {"zeroshot_dir": str(zs), "zeroshot_images": int(len(first)), "zeroshot_rule":
-            "per class, shuffled with seed 0 (stratified_halves), the first floor(n/2) downstream images",
+    return {"corpus": str(corpus), "zeroshot_images": len(build_classification_dataset(corpus, "val")),
+            "zeroshot_rule": "the corpus' val half (react.datasets: per class, by sha256 of the key)",
             "scenes_dir": str(sc), "scenes": len(stems), "scene_rule": "composed scenes (n=200, seed 0) with an even index",
             "boxes": n_boxes, "all_background_mIoU": background["mIoU"],
             "all_background_pixel_accuracy": background["pixel_accuracy"]}
@@ -178,7 +161,7 @@ def evaluate(name: str, work: Path, val: dict, templates: Path) -> dict:
     res = work / "results"
     res.mkdir(parents=True, exist_ok=True)
     runs = {
-        "zeroshot": ["zeroshot", "--dataset", val["zeroshot_dir"]],
+        "zeroshot_val": ["zeroshot", "--dataset", val["corpus"], "--split", "val"],
         "det_roi": ["detection", "--dataset", val["scenes_dir"], "--templates", str(templates),
                     "--region-features", "roi"],
         "det_crop": ["detection", "--dataset", val["scenes_dir"], "--templates", str(templates),
@@ -217,6 +200,12 @@ def tower_gflops(recipe: dict) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def images_per_step(recipe: dict) -> int:
+    """Tower inputs per step: the batch, plus one 2x2 mosaic per four images with the mosaic loss."""
+    batch = recipe["batch_size"]
+    return batch + (batch // 4 if recipe.get("mosaic_weight", 0) > 0 else 0)
+
+
 def row(name: str, trained: dict, ev: dict, val: dict) -> dict:
     m = lambda k: ev[k]["metrics"]  # noqa: E731
     return {
@@ -226,9 +215,9 @@ def row(name: str, trained: dict, ev: dict, val: dict) -> dict:
         "eval_cpu_min": round(sum(e["timing"]["cpu_s"] for e in ev.values()) / 60, 2),
         "final_loss": trained["final_loss"],
         "tower_gflops_per_image": round(tower_gflops(trained["recipe"]), 4),
-        "train_tflops": round(3 * tower_gflops(trained["recipe"]) * trained["recipe"]["batch_size"]
+        "train_tflops": round(3 * tower_gflops(trained["recipe"]) * images_per_step(trained["recipe"])
                               * trained["recipe"]["steps"] / 1e3, 1),
-        "zeroshot_top1": m("zeroshot")["top1"],
+        "zeroshot_top1": m("zeroshot_val")["top1"],
         "det_AP50_roi": m("det_roi")["AP50"], "det_AP50_crop": m("det_crop")["AP50"],
         "det_AP50_roi_tokens": m("det_roi_tokens")["AP50"],
         "seg_mIoU": m("seg")["mIoU"], "seg_pixel_accuracy": m("seg")["pixel_accuracy"],
@@ -267,6 +256,9 @@ def main() -> int:
         ap.error(f"unknown variant(s): {', '.join(unknown)}")
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "logs").mkdir(exist_ok=True)
+    from react.datasets import seal_splits
+
+    seal_splits("test")  # every choice made from this table reads validation data only
     val = prepare_validation(args.corpus, args.work)
     print(json.dumps(val, indent=1), flush=True)
     rows = []
