@@ -5,15 +5,15 @@
 
 Two phases, the protocol of docs/evidence.md:
 
-1. **val** (the test split sealed): for each mode the demo does not already run
-   (``full``, ``locked-image`` = LiT's mirror: text tower trained, image tower
-   frozen), one seed per learning rate of ``--lrs``; the best validation top-1
-   picks the mode's learning rate. ``gated-image`` and ``locked-text`` keep the
-   demo's recipe (demo/customize_runs.py), which was itself chosen on val.
+1. **val** (the test split sealed): for each mode the demo does not run
+   (``locked-text``, ``full``, ``locked-image`` = LiT's mirror: text tower
+   trained, image tower frozen), one seed per learning rate of ``--lrs``; the
+   best validation top-1 picks the mode's learning rate. ``gated-image`` keeps
+   the demo's recipe (demo/customize_runs.py), which was itself chosen on val.
 2. **test**: the chosen recipe over ``--seeds`` seeds, scored with ``react eval
-   zeroshot`` on the test half. The demo's own gated-image and locked-text
-   runs are read from ``--demo``'s per-seed results (the same command, the same
-   split), so only the new modes train here.
+   zeroshot`` on the test half. The demo's own gated-image runs are read from
+   ``--demo``'s per-seed results (the same command, the same split), so only
+   the other modes train here.
 
 Every mode's gain over the base carries the paired image x seed bootstrap
 interval of ``downstream/report/intervals.py``. Prints a table; ``--json``
@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-NEW_MODES = ("full", "locked-image")
-DEMO_MODES = {"gated-image": "gated", "locked-text": "locked-text"}  # mode -> the demo's variant name
+NEW_MODES = ("locked-text", "full", "locked-image")
+DEMO_MODES = {"gated-image": "gated"}  # mode -> the demo's variant name
 DEFAULT_LRS = ("1e-5", "3e-5", "1e-4")
 
 
@@ -73,7 +73,7 @@ def main() -> None:
 
     corpus = str(fetch_embedded())
     base, shards = str(args.demo / "base"), str(args.demo / "shards")
-    recipe = [*RECIPE, *MODE_RECIPE["locked-text"][:2]]  # the new modes get locked-text's step budget
+    recipe = [*RECIPE, *MODE_RECIPE["locked-text"][:2]]  # the other modes get locked-text's step budget
     started = time.time()
 
     # Phase 1: choose each new mode's learning rate on val, the test split sealed meanwhile.

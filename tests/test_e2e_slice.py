@@ -166,8 +166,8 @@ def test_bad_input_is_one_line_naming_the_culprit(argv, culprit, small_corpus, s
 
 
 def test_mosaic_loss_trains_a_base_whose_patch_tokens_are_read_by_the_evaluators(small_corpus: Path, tmp_path: Path):
-    """--mosaic-weight: the recipe records it, the weights differ from a run without it (same
-    seed), and the output tokens it trains are what `--dense-mode tokens` reads."""
+    """--mosaic-weight (the recipe's default): the recipe records it, the weights differ from a
+    run with it off (same seed), and the output tokens it trains are what `--dense-mode tokens` reads."""
     from safetensors.torch import load_file
 
     from downstream.tasks.dense import dense_features
@@ -180,7 +180,7 @@ def test_mosaic_loss_trains_a_base_whose_patch_tokens_are_read_by_the_evaluators
     assert recipe["mosaic_weight"] == 1.0
     plain = tmp_path / "plain"
     assert run(["base", "train-embedded", "--corpus", str(small_corpus), "--out", str(plain), "--steps", "4",
-                "--batch-size", "16"]) == 0
+                "--batch-size", "16", "--mosaic-weight", "0"]) == 0
     a, b = load_file(str(out / "open_clip_model.safetensors")), load_file(str(plain / "open_clip_model.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("visual."))
     model = load_model(str(out), device="cpu")
