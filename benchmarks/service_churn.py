@@ -98,7 +98,7 @@ def _reloads(metrics_text: str, outcome: str) -> float:
 
 
 async def _churn(url: str, pid: int, link: Path, good: Path, corrupt: list[Path], clients: int, duration: float,
-                 interval: float, dim: int, texts: list[str], classes: list[str]) -> dict:
+                 interval: float, dim: int, texts: list[str], classes: list[str], min_reloads: int = 0) -> dict:
     import aiohttp
     import psutil
 
@@ -120,13 +120,15 @@ async def _churn(url: str, pid: int, link: Path, good: Path, corrupt: list[Path]
     rss: list[tuple[float, int]] = []
     reloads: list[dict] = []
     started = time.monotonic()
-    stop_at = started + duration
+    # Load on a shared machine slows reloads; the run is stretched (never shortened) until
+    # ``min_reloads`` have happened, so a count the caller relies on does not depend on speed.
+    stop = [started + duration]
     timeout = aiohttp.ClientTimeout(total=30)  # a hang counts as a failure, never blocks the run
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
         async def client(i: int) -> None:
             kind, n = kinds[i % len(kinds)], i
-            while time.monotonic() < stop_at:
+            while time.monotonic() < stop[0]:
                 path, body = bodies[kind][n % len(bodies[kind])]
                 n += 1
                 try:
@@ -141,7 +143,7 @@ async def _churn(url: str, pid: int, link: Path, good: Path, corrupt: list[Path]
                                      "body": text[:300].decode("utf-8", "replace")})
 
         async def poll_ready() -> None:
-            while time.monotonic() < stop_at:
+            while time.monotonic() < stop[0]:
                 try:
                     async with session.get(url + "/readyz") as r:
                         body = await r.json(content_type=None)
@@ -155,7 +157,7 @@ async def _churn(url: str, pid: int, link: Path, good: Path, corrupt: list[Path]
                 await asyncio.sleep(0.25)
 
         async def sample_rss() -> None:
-            while time.monotonic() < stop_at:
+            while time.monotonic() < stop[0]:
                 rss.append((round(time.monotonic() - started, 2), proc.memory_info().rss))
                 await asyncio.sleep(0.5)
 
@@ -171,7 +173,7 @@ async def _churn(url: str, pid: int, link: Path, good: Path, corrupt: list[Path]
 
         async def reloader() -> None:
             step = 0
-            while time.monotonic() + interval < stop_at:
+            while time.monotonic() + interval < stop[0] or step < min_reloads:
                 await asyncio.sleep(interval)
                 bad = step % 2 == 0
                 how = "POST" if (step // 2) % 2 == 0 else "SIGHUP"
@@ -203,6 +205,8 @@ async def _churn(url: str, pid: int, link: Path, good: Path, corrupt: list[Path]
                     entry["ok"] = done and gen1 > gen0 and ok1 == ok0 + 1 and entry.get("status", 200) == 200
                 reloads.append(entry)
                 step += 1
+                if step < min_reloads:
+                    stop[0] = max(stop[0], time.monotonic() + interval + 1.0)
             point(link, good)
 
         await asyncio.gather(*(client(i) for i in range(clients)), poll_ready(), sample_rss(), reloader())
@@ -231,8 +235,9 @@ async def _churn(url: str, pid: int, link: Path, good: Path, corrupt: list[Path]
 
 
 def run_churn(good: Path, workdir: Path, clients: int = 16, duration: float = 60.0, interval: float = 3.0,
-              texts: list[str] | None = None, classes: list[str] | None = None) -> dict:
-    """Serve ``good`` through a symlink, churn it for ``duration`` s; the report (see the module doc)."""
+              texts: list[str] | None = None, classes: list[str] | None = None, min_reloads: int = 0) -> dict:
+    """Serve ``good`` through a symlink, churn it for ``duration`` s (longer if ``min_reloads``
+    reloads have not happened by then); the report (see the module doc)."""
     workdir.mkdir(parents=True, exist_ok=True)
     corrupt = [make_corrupt(good, workdir / f"corrupt-{kind}", kind) for kind in CORRUPTIONS]
     good_copy = workdir / "good"
@@ -253,7 +258,7 @@ def run_churn(good: Path, workdir: Path, clients: int = 16, duration: float = 60
                 raise RuntimeError(f"react serve not ready: {log.read_text()[-2000:]}")
             time.sleep(0.1)
         report = asyncio.run(_churn(url, proc.pid, link, good_copy, corrupt, clients, duration, interval, dim,
-                                    texts, classes))
+                                    texts, classes, min_reloads))
         report["server_alive"] = proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -34,7 +34,7 @@ def index_dir(tmp_path_factory, tiny_model, tiny_model_dir) -> Path:
 
 def test_clients_see_no_failure_while_reloads_alternate_good_and_corrupt(index_dir, tmp_path):
     report = run_churn(index_dir, tmp_path / "churn", clients=4, duration=10.0, interval=1.5,
-                       classes=CLASSES + ["tree", "boat", "house"])
+                       classes=CLASSES + ["tree", "boat", "house"], min_reloads=5)
     log = report.pop("reload_log")
     assert report["server_alive"]
     assert report["failed"] == 0, report["failures"]

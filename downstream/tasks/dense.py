@@ -183,7 +183,8 @@ def dense_outputs(model: nn.Module, images: torch.Tensor, mode: Mode = "maskclip
     if not batch_first:
         x = x.transpose(0, 1)
         full = full.transpose(0, 1) if full is not None else None
-    # The value path is per token; the class token is dropped afterwards.
+    # The value path is per token; the class token is dropped afterwards. In tokens mode it is
+    # still run (its cheapest form) for the keys that key smoothing reads.
     tokens, keys = _value_path(blocks[-1], x, "value" if full is not None else mode)
     if full is not None:
         tokens = full
