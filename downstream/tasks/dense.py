@@ -124,17 +124,25 @@ def _block_input(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise AssertionError("forward pre-hook did not fire")
 
 
-def _value_path(block: nn.Module, x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-token output of the last block without q-k attention, its keys)."""
+def check_dense_mode(mode: str) -> None:
+    """One line naming the valid readouts, before any work is done."""
+    if mode not in DENSE_MODES:
+        raise ReactError(f"unknown --dense-mode {mode!r} (choose from {', '.join(DENSE_MODES)})")
+
+
+def _projection(block: nn.Module, x: torch.Tensor, part: int) -> torch.Tensor:
+    """The last block's key (part 1) or value (part 2) projection of ``x``."""
     attn: nn.MultiheadAttention = block.attn
     width = x.shape[-1]
-    y = block.ln_1(x)
-    weight, bias = attn.in_proj_weight, attn.in_proj_bias
-    k_w, v_w = weight[width : 2 * width], weight[2 * width :]
-    k_b = bias[width : 2 * width] if bias is not None else None
-    v_b = bias[2 * width :] if bias is not None else None
-    keys = F.linear(y, k_w, k_b)
-    v = attn.out_proj(F.linear(y, v_w, v_b))
+    rows = slice(part * width, (part + 1) * width)
+    bias = attn.in_proj_bias[rows] if attn.in_proj_bias is not None else None
+    return F.linear(block.ln_1(x), attn.in_proj_weight[rows], bias)
+
+
+def _value_path(block: nn.Module, x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token output of the last block without q-k attention, its keys)."""
+    keys = _projection(block, x, 1)
+    v = block.attn.out_proj(_projection(block, x, 2))
     if mode == "value":
         return v, keys
     ls_1 = getattr(block, "ls_1", nn.Identity())
@@ -152,7 +160,7 @@ def dense_outputs(model: nn.Module, images: torch.Tensor, mode: Mode = "maskclip
     ``model``: a LoadedModel, an open_clip CLIP, or its VisionTransformer.
     H and W need not match the model's image size; a border smaller than a
     patch is dropped (conv1's stride)."""
-    if mode not in DENSE_MODES:
+    if mode not in DENSE_MODES:  # (the library's own wording; the CLIs check first with check_dense_mode)
         raise ReactError(f"dense features: unknown mode {mode!r} (choose from {', '.join(DENSE_MODES)})")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ReactError(f"dense features: expected images [B, 3, H, W], got {tuple(images.shape)}")
@@ -183,11 +191,11 @@ def dense_outputs(model: nn.Module, images: torch.Tensor, mode: Mode = "maskclip
     if not batch_first:
         x = x.transpose(0, 1)
         full = full.transpose(0, 1) if full is not None else None
-    # The value path is per token; the class token is dropped afterwards. In tokens mode it is
-    # still run (its cheapest form) for the keys that key smoothing reads.
-    tokens, keys = _value_path(blocks[-1], x, "value" if full is not None else mode)
+    # The value path is per token; the class token is dropped afterwards.
     if full is not None:
-        tokens = full
+        tokens, keys = full, _projection(blocks[-1], x, 1)
+    else:
+        tokens, keys = _value_path(blocks[-1], x, mode)
     tokens = visual.ln_post(tokens[:, 1:])
     if visual.proj is not None:
         tokens = tokens @ visual.proj

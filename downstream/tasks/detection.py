@@ -250,8 +250,9 @@ def evaluate_detection(model: LoadedModel, data: DetectionData, text: torch.Tens
     ``text`` ([C, D] class embeddings, category order) and evaluate.
 
     Returns (metrics, per-class AP50 by class name, details)."""
-    if dense_mode not in DENSE_MODES:
-        raise ReactError(f"unknown --dense-mode {dense_mode!r} (choose from {', '.join(DENSE_MODES)})")
+    from downstream.tasks.dense import check_dense_mode
+
+    check_dense_mode(dense_mode)
     if region_features not in REGION_MODES:
         raise ReactError(f"unknown --region-features {region_features!r} (choose from {', '.join(REGION_MODES)})")
     if not 0.0 < nms_iou <= 1.0:

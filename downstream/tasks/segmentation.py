@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from downstream.defaults import (BACKGROUND_MODES, DEFAULT_BACKGROUND_THRESHOLD, DEFAULT_DENOISE_THRESHOLD,
                                  DENSE_MODES)
-from downstream.tasks.dense import dense_outputs, tower_size, vision_tower
+from downstream.tasks.dense import check_dense_mode, dense_outputs, tower_size, vision_tower
 from downstream.data.segmentation import SegmentationDataset
 from react.errors import ReactError
 from react.models import LoadedModel
@@ -199,8 +199,7 @@ def evaluate_segmentation(model: LoadedModel, dataset: SegmentationDataset, temp
     """mIoU / pixel accuracy of ``model`` on ``dataset``; the ``react eval`` result dict."""
     if len(dataset) == 0:
         raise ReactError(f"dataset {dataset.name} has no images")
-    if mode not in DENSE_MODES:
-        raise ReactError(f"unknown --dense-mode {mode!r} (choose from {', '.join(DENSE_MODES)})")
+    check_dense_mode(mode)
     # The tower's own size by default: its positional embedding is used as
     # trained (on the first 40 embedded scenes 64 px beat 128 px for the 64 px base).
     input_size = tower_size(model) if input_size is None else input_size

@@ -67,6 +67,15 @@ class BaseRecipe:
 LEGACY = {"mosaic_weight": 0.0}
 
 
+def check_mosaic_grid(r: BaseRecipe) -> int:
+    """The patch grid side; ReactError when the mosaic loss is on and the grid cannot be halved."""
+    grid = r.image_size // r.patch_size
+    if r.mosaic_weight > 0 and grid % 2:
+        raise ReactError(f"--mosaic-weight needs an even patch grid (2x2 mosaics of whole patches), "
+                         f"not {grid}x{grid}")
+    return grid
+
+
 def minilm_path() -> str:
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
@@ -272,9 +281,7 @@ def train_base(corpus: Path, out: Path, r: BaseRecipe) -> dict:
         opt, lambda s: (s + 1) / r.warmup if s < r.warmup
         else 0.5 * (1 + math.cos(math.pi * (s - r.warmup) / max(1, r.steps - r.warmup))))
     model.visual.train()
-    grid = r.image_size // r.patch_size
-    if r.mosaic_weight > 0 and grid % 2:
-        raise ReactError(f"the mosaic loss needs an even patch grid, not {grid}x{grid}")
+    grid = check_mosaic_grid(r)
     model.visual.output_tokens = r.mosaic_weight > 0
     n = len(images)
     # An epoch visits emoji once and everything else photo_weight times: the

@@ -68,7 +68,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from react.embedded.base import BaseRecipe, is_current, train_base
+    from react.embedded.base import BaseRecipe, check_mosaic_grid, is_current, train_base
     from react.embedded.corpus import fetch_embedded
     from react.errors import ReactError
     from react.models import CONFIG_FILE
@@ -103,9 +103,7 @@ def _train(args: argparse.Namespace) -> int:
         recipe.mosaic_weight = args.mosaic_weight
     if recipe.image_size % recipe.patch_size:
         raise ReactError(f"--image-size {recipe.image_size} is not a whole number of {recipe.patch_size}-px patches")
-    if recipe.mosaic_weight > 0 and (recipe.image_size // recipe.patch_size) % 2:
-        raise ReactError(f"--mosaic-weight needs an even patch grid (2x2 mosaics of whole patches), not "
-                         f"{recipe.image_size // recipe.patch_size}x{recipe.image_size // recipe.patch_size}")
+    check_mosaic_grid(recipe)  # before minutes of loading, not after
     if recipe.width % 64:
         raise ReactError(f"--width must be a multiple of 64 (the head width), got {recipe.width}")
     if args.photo_weight is not None:
