@@ -55,7 +55,8 @@ def _step(name: str, argv: list[str], timings: dict[str, float]) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from demo.customize_runs import random_subset, react_effect
     from demo.shaping import alias_retrieval, coverage_line, example_retrieval, link_rot, task_args
-    from demo.transfer import evaluate, evaluation_suite, report, transfer_suite, transfer_summary
+    from demo.transfer import dense_gains, evaluate, evaluation_suite, report, transfer_suite, transfer_summary
+    from downstream.report.headline import dense_lines
     from downstream.suite import task_dataset
     from react.embedded.corpus import fetch_embedded
 
@@ -115,6 +116,9 @@ def run_demo(args: argparse.Namespace) -> int:
     # ELEVATER-style: every seed of the method on each task of the embedded suite, targeted or not
     gated_runs = [out / "run"] + [out / "runs" / f"gated-s{s}" for s in effect["seeds"][1:]]
     suite_summary = evaluation_suite(step, out, corpus, base, gated_runs)
+    dense = dense_gains(step, out / "results", corpus, base, gated_runs[1:], suite)
+    for line in dense_lines(dense):
+        console.print(line, highlight=False)
     metrics = base_eval["metrics"]
     gated = effect["variants"]["gated"]
     summary = {
@@ -133,6 +137,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "react_effect": {name: {k: v for k, v in entry.items() if k != "per_class"}
                          for name, entry in effect["variants"].items()},
         "transfer": transfer_summary(suite),
+        "dense": dense,
         "suite": suite_summary,
         "chance_top1": round(1 / manifest["downstream_classes"], 4),
         "timings_s": timings,

@@ -29,7 +29,8 @@ TASKS: dict[str, list[str]] = {
 HEADLINE = {"linear-probe": "top1", "retrieval": "image_to_text_R@1", "detection": "AP50", "segmentation": "mIoU"}
 
 
-RESULT_FORMAT = 2  # 2: zero-shot results carry per-image answers (for the intervals); older results are re-measured
+RESULT_FORMAT = 3  # older results are re-measured. 2: zero-shot results carry per-image answers (for the
+# intervals); 3: detection and segmentation read the scenes of the test half's stamps only
 INPUTS_FILE = ".measured.json"  # result file name -> the key (weights, task, dataset, options) it measured
 
 
@@ -99,6 +100,40 @@ def transfer_summary(written: dict[str, dict[str, Path]]) -> dict:
         summary[task] = {"metric": metric, **values,
                          "gain": values[labels[-1]] - values[labels[0]] if len(labels) > 1 else None}
     return summary
+
+
+# the tasks whose gains get seeds and intervals: task -> the per-image statistic that counts its images
+DENSE_TASKS = {"detection": "gt", "segmentation": "intersection"}
+
+
+def dense_gains(step: Callable[[str, list[str]], None], results: Path, corpus: Path, base: Path,
+                seeds: Sequence[Path], written: dict[str, dict[str, Path]]) -> dict:
+    """Detection AP50 and segmentation mIoU of every seed of the customized model (the
+    first is the exported seed-0 model ``written`` already holds), their gain over the base
+    with the paired image x seed interval, and the floors the base must clear: detection's
+    crop-and-encode baseline and segmentation's all-background prediction."""
+    from downstream.report.intervals import metric_gain_interval
+    from downstream.tasks.ap50 import ap50
+    from downstream.tasks.segmentation import miou_from_counts
+
+    metrics = {"detection": ap50, "segmentation": miou_from_counts}
+    crop = evaluate(step, results / "base_detection_crop.json", "detection", base, corpus,
+                    [*TASKS["detection"], "--region-features", "crop"])
+    out: dict = {}
+    for task, count_key in DENSE_TASKS.items():
+        paths = [written[task]["gated-image"]] + [
+            evaluate(step, results / f"{run.name}_{task}.json", task, run, corpus, TASKS[task]) for run in seeds]
+        runs = [json.loads(p.read_text()) for p in paths]
+        base_result = json.loads(written[task]["base"].read_text())
+        interval = metric_gain_interval([r["per_image"] for r in runs], [base_result["per_image"]], metrics[task],
+                                        len(base_result["per_image"][count_key]))
+        headline = HEADLINE[task]
+        out[task] = {"metric": headline, "base": base_result["metrics"][headline],
+                     "seeds": [r["metrics"][headline] for r in runs], "gain": interval}
+    out["detection"]["base_crop"] = json.loads(crop.read_text())["metrics"]["AP50"]
+    out["segmentation"]["all_background"] = json.loads(
+        written["segmentation"]["base"].read_text())["metrics"].get("all_background_mIoU")
+    return out
 
 
 def report(step: Callable[[str, list[str]], None], out: Path, labelled: list[tuple[str, Path]], subset: Path,

@@ -55,6 +55,11 @@ DETECTION_DATASET_HELP = (
     "directory, whose composed scenes (held-out stamp cut-outs on generated backgrounds) are "
     "built once and cached under CORPUS/scenes/"
 )
+SCENE_SPLIT_HELP = (
+    f"embedded corpus: which half of the held-out stamps composes the scenes -- val for every "
+    f"choice, test for the report (default: {DEFAULT_SPLIT}); an instances file has no splits and "
+    "ignores it"
+)
 
 
 # --- react eval ---------------------------------------------------------------------
@@ -153,7 +158,7 @@ def add_detection(tasks: argparse._SubParsersAction) -> None:
                     "area skipped; both counted in the result.",
     )
     add_common_args(p, dataset=DETECTION_DATASET_HELP,
-                    split="ignored (a detection dataset is one instances file)",
+                    split=SCENE_SPLIT_HELP,
                     batch_size="crop only: boxes per forward pass (default: %(default)s)",
                     workers="ignored (images are decoded one at a time, next to their boxes)")
     p.set_defaults(func=run_detection)
@@ -195,7 +200,8 @@ def add_segmentation(tasks: argparse._SubParsersAction) -> None:
                     "stems), classes.txt (line i = class i) and optional SPLIT.txt / templates.txt / "
                     "meta.json; or an embedded corpus directory, which stands for its composed scenes.",
     )
-    add_common_args(p)
+    add_common_args(p, split=f"split list SPLIT.txt to read (default: {DEFAULT_SPLIT}; without it, every "
+                              "image). " + SCENE_SPLIT_HELP)
     p.add_argument("--templates", default=None, metavar="NAME|FILE",
                    help="prompt templates: imagenet, simple, classname, or a file with one template per "
                         "line (default: the dataset's own templates.txt, the embedded corpus's, else "

@@ -191,9 +191,9 @@ def _detection_data(args: argparse.Namespace
     dataset_name = None
     if is_embedded_corpus(args.dataset):
         corpus = Path(args.dataset)
-        scenes = ensure_scenes(corpus, n=args.scenes, seed=args.scene_seed)
+        scenes = ensure_scenes(corpus, n=args.scenes, seed=args.scene_seed, split=args.split)
         instances, images = resolve_detection_dataset(scenes)
-        dataset_name = f"{corpus.resolve().name}-scenes"
+        dataset_name = f"{corpus.resolve().name}-scenes:{args.split}"
         if templates_arg is None and (corpus / TEMPLATES_FILE).is_file():
             templates_arg = str(corpus / TEMPLATES_FILE)
     else:
@@ -228,6 +228,7 @@ def run_detection(args: argparse.Namespace) -> int:
     metrics, per_class, details = evaluate_detection(
         model, data, text, boxes=proposals, region_features=args.region_features,
         dense_size=args.dense_size, nms_iou=args.nms_iou, batch_size=args.batch_size, dense_mode=args.dense_mode)
+    per_image = details.pop("per_image")
     result = {
         "task": "detection", "model": model.name, "dataset": data.name,
         "metrics": metrics, "per_class": per_class,
@@ -235,6 +236,7 @@ def run_detection(args: argparse.Namespace) -> int:
                      "dense_size": details.pop("dense_size"), "dense_mode": args.dense_mode, "nms_iou": args.nms_iou,
                      "templates": describe_templates(templates_arg), "num_templates": len(templates)},
         "counts": {**data.counts, **proposal_counts, **details},
+        "per_image": per_image,
         "seconds": round(time.perf_counter() - start, 2),
     }
     _save(result, args.out)

@@ -129,41 +129,54 @@ def _subdirs(path: Path) -> list[Path]:
 
 # --- a. embedded corpus ---------------------------------------------------------
 
-def _build_embedded(parquet: Path, split: str) -> FileListDataset:
-    """The held-out task, halved per class into ``val`` (every recipe choice, sweep and threshold)
-    and ``test`` (the final report only). The halves are fixed by each image's key, not by a seed
-    anyone could re-draw: within a class, images are ordered by sha256(key) and alternate."""
-    root = parquet.parent
+def embedded_halves(keys: Sequence[str], labels: Sequence[str]) -> list[str]:
+    """Each row's half of the embedded held-out task: within a class, rows ordered by
+    sha256(key) alternate ``val``, ``test``. A property of the data, not of a seed anyone
+    could re-draw; the composed scenes use it too, so a scene lies in its stamps' half."""
+    order = sorted(range(len(keys)), key=lambda i: (labels[i], hashlib.sha256(str(keys[i]).encode()).hexdigest()))
+    halves = [""] * len(keys)
+    rank: dict[str, int] = {}
+    for i in order:
+        r = rank[labels[i]] = rank.get(labels[i], -1) + 1
+        halves[i] = EMBEDDED_SPLITS[r % 2]
+    return halves
+
+
+def check_embedded_split(root: Path, split: str) -> None:
+    """One line naming the problem for a split the embedded task does not have or that is sealed."""
+    check_not_sealed(split)
     if split not in EMBEDDED_SPLITS:
         raise ReactError(f"{root}: the embedded corpus has splits {' and '.join(map(repr, EMBEDDED_SPLITS))} "
                          f"(got {split!r})")
+
+
+def _build_embedded(parquet: Path, split: str) -> FileListDataset:
+    """The held-out task, halved per class into ``val`` (every recipe choice, sweep and threshold)
+    and ``test`` (the final report only) by ``embedded_halves``."""
+    root = parquet.parent
+    check_embedded_split(root, split)
     classes_file = root / CLASSES_FILE
     if not classes_file.is_file():
         raise ReactError(f"class list missing: {classes_file}")
     classnames = _read_classnames(classes_file)
     index = {name: i for i, name in enumerate(classnames)}
     table = read_parquet(parquet, required=("key", "image_path", "label"))
-    rows = []
-    for key, image_path, label in zip(*(table.column(c).to_pylist() for c in ("key", "image_path", "label"))):
+    keys, image_paths, labels = (table.column(c).to_pylist() for c in ("key", "image_path", "label"))
+    for key, image_path, label in zip(keys, image_paths, labels):
         if label is None:
             raise ReactError(f"{parquet}: no label for key {key!r}")
         if label not in index:
             raise ReactError(f"{parquet}: label {label!r} (key {key!r}) is not in {classes_file}")
         if not image_path:
             raise ReactError(f"{parquet}: no image_path for key {key!r}")
-        rows.append((index[label], hashlib.sha256(str(key).encode()).hexdigest(), root / image_path))
-    if not rows:
+    if not keys:
         raise ReactError(f"{parquet} has no rows")
-    want = EMBEDDED_SPLITS.index(split)
-    rank: dict[int, int] = {}
-    paths, labels = [], []
-    for label, _, path in sorted(rows):  # by class, then by hashed key
-        r = rank[label] = rank.get(label, -1) + 1
-        if r % 2 == want:
-            paths.append(path)
-            labels.append(label)
+    halves = embedded_halves(keys, labels)
+    rows = sorted((index[label], hashlib.sha256(str(key).encode()).hexdigest(), root / path)
+                  for key, path, label, half in zip(keys, image_paths, labels, halves) if half == split)
     # the task's own prompts, as CLIP_benchmark ships them
-    return FileListDataset(f"{root.name}:{split}", classnames, paths, labels, _own_templates(root / TEMPLATES_FILE))
+    return FileListDataset(f"{root.name}:{split}", classnames, [r[2] for r in rows], [r[0] for r in rows],
+                           _own_templates(root / TEMPLATES_FILE))
 
 
 # --- b. ImageFolder ---------------------------------------------------------------
@@ -273,11 +286,15 @@ def seal_splits(*splits: str) -> None:
     os.environ[SEALED_ENV] = ",".join(sorted(sealed))
 
 
-def build_classification_dataset(path: str | Path, split: str = DEFAULT_SPLIT) -> ClassificationDataset:
-    """Open ``path`` as a classification dataset; see the module docstring for forms."""
+def check_not_sealed(split: str) -> None:
     if split in os.environ.get(SEALED_ENV, "").split(","):
         raise ReactError(f"split {split!r} is sealed in this process ({SEALED_ENV}): tuning code reads the "
                          "validation split; the test split is for the final report only")
+
+
+def build_classification_dataset(path: str | Path, split: str = DEFAULT_SPLIT) -> ClassificationDataset:
+    """Open ``path`` as a classification dataset; see the module docstring for forms."""
+    check_not_sealed(split)
     root = Path(path).expanduser()
     if not root.exists():
         raise ReactError(f"dataset not found: {root}")

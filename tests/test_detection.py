@@ -7,11 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from downstream.data.coco import load_instances, load_proposals, resolve_detection_dataset
 from downstream.tasks.detection import coco_ap, greedy_nms, per_class_nms, roi_mean
@@ -222,24 +220,6 @@ def test_missing_files_and_bad_proposals(tmp_path: Path) -> None:
 
 # --- the command, end to end on composed scenes of a tiny corpus -----------------------------
 
-@pytest.fixture()
-def corpus(tmp_path: Path) -> Path:
-    root = tmp_path / "corpus"
-    (root / "cutouts").mkdir(parents=True)
-    keys, labels = [], []
-    for i, (label, colour) in enumerate([("red disc", (220, 30, 30)), ("green square", (30, 200, 30)),
-                                         ("blue bar", (30, 30, 220))]):
-        im = Image.new("RGBA", (50, 40), (0, 0, 0, 0))
-        ImageDraw.Draw(im).rectangle([3, 3 + 10 * (i == 2), 46, 36 - 10 * (i == 2)], fill=(*colour, 255))
-        im.save(root / "cutouts" / f"k{i}.png")
-        keys.append(f"k{i}")
-        labels.append(label)
-    pq.write_table(pa.table({"key": keys, "label": labels}), root / "downstream.parquet")
-    (root / "downstream_classes.txt").write_text("\n".join(labels) + "\n")
-    (root / "downstream_templates.txt").write_text("a {}.\na picture of a {}.\n")
-    return root
-
-
 def _parse(argv: list[str]) -> argparse.Namespace:
     from downstream.cli import add_detection
 
@@ -249,13 +229,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize("mode", ["roi", "crop"])
-def test_cli_on_composed_scenes(tiny_model_dir: Path, corpus: Path, tmp_path: Path, mode: str, capsys) -> None:
+def test_cli_on_composed_scenes(tiny_model_dir: Path, stamp_corpus: Path, tmp_path: Path, mode: str, capsys) -> None:
     out = tmp_path / "res" / f"{mode}.json"
+    corpus = stamp_corpus
     args = _parse(["--model", str(tiny_model_dir), "--dataset", str(corpus), "--scenes", "4",
                    "--region-features", mode, "--device", "cpu", "--out", str(out)])
     assert args.func(args) == 0
     result = json.loads(out.read_text())
-    assert result["task"] == "detection" and result["dataset"] == "corpus-scenes"
+    assert result["task"] == "detection" and result["dataset"] == "corpus-scenes:test"
     m = result["metrics"]
     assert all(0.0 <= m[k] <= 1.0 for k in ("AP50", "AP", "AP75"))
     assert m["num_images"] == 4 and m["num_boxes_scored"] == m["num_gt_boxes"] > 0

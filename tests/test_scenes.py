@@ -115,6 +115,31 @@ def test_ensure_scenes_caches(corpus: Path) -> None:
     assert ensure_scenes(corpus, n=4, seed=0) != first
 
 
+def test_scenes_keep_to_their_half(corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A val scene holds only val stamps and a test scene only test stamps (the halves of
+    react.datasets.embedded_halves), so a choice made on val scenes never saw a test stamp."""
+    from react.datasets import SEALED_ENV, embedded_halves, seal_splits
+
+    keys = [f"stamp-{i}" for i in range(4)]
+    halves = dict(zip(keys, embedded_halves(keys, ["disc", "square", "bar", "disc"])))
+    assert sorted(halves.values()) == ["test", "val", "val", "val"]  # one disc each side; square and bar: val
+    test_key = next(k for k, h in halves.items() if h == "test")
+    for split in ("val", "test"):
+        out = ensure_scenes(corpus, n=6, seed=0, split=split)
+        recipe = json.loads((out / "scenes.json").read_text())
+        assert recipe["split"] == split and recipe["stamps"] == (1 if split == "test" else 3)
+        found = {a["category_id"] for a in json.loads((out / "instances.json").read_text())["annotations"]}
+        assert found == ({1} if split == "test" else {1, 2, 3}), (split, found)
+    assert test_key in {"stamp-0", "stamp-3"}
+    monkeypatch.setenv(SEALED_ENV, "")  # restored after the test, whatever seal_splits writes
+    seal_splits("test")
+    with pytest.raises(ReactError, match="'test' is sealed"):
+        ensure_scenes(corpus, n=6, seed=0, split="test")
+    assert ensure_scenes(corpus, n=6, seed=0, split="val").is_dir()
+    with pytest.raises(ReactError, match="splits 'val' and 'test'"):
+        ensure_scenes(corpus, n=6, seed=0, split="train")
+
+
 def test_bad_corpora(corpus: Path, tmp_path: Path) -> None:
     (corpus / "cutouts" / "stamp-2.png").unlink()
     with pytest.raises(ReactError, match="missing cut-out.*stamp-2"):

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from downstream.defaults import DEFAULT_SCENE_SEED, DEFAULT_SCENES
+from downstream.defaults import DEFAULT_SCENE_SEED, DEFAULT_SCENES, DEFAULT_SPLIT
 from react.errors import ReactError
 from react.schemas import CLASSES_FILE, atomic_dir, read_parquet
 
@@ -75,8 +75,11 @@ class Stamp:
     rgba: Image.Image  # cropped to its alpha bounding box
 
 
-def load_stamps(corpus_dir: str | Path) -> tuple[list[str], list[Stamp]]:
-    """Class names and the downstream stamps' cut-outs, or ReactError."""
+def load_stamps(corpus_dir: str | Path, split: str | None = None) -> tuple[list[str], list[Stamp]]:
+    """Class names and the downstream stamps' cut-outs (of one half of the held-out task
+    when ``split`` is given: react.datasets.embedded_halves), or ReactError."""
+    from react.datasets import embedded_halves
+
     corpus_dir = Path(corpus_dir)
     classes_path = corpus_dir / CLASSES_FILE
     if not classes_path.is_file():
@@ -84,8 +87,12 @@ def load_stamps(corpus_dir: str | Path) -> tuple[list[str], list[Stamp]]:
     classnames = [line.strip() for line in classes_path.read_text().splitlines() if line.strip()]
     table = read_parquet(corpus_dir / "downstream.parquet", required=("key", "label"))
     index = {name: i for i, name in enumerate(classnames)}
+    keys, labels = table.column("key").to_pylist(), table.column("label").to_pylist()
+    halves = embedded_halves(keys, [str(label) for label in labels])
     stamps: list[Stamp] = []
-    for key, label in zip(table.column("key").to_pylist(), table.column("label").to_pylist()):
+    for key, label, half in zip(keys, labels, halves):
+        if split and half != split:
+            continue
         if label not in index:
             raise ReactError(f"{corpus_dir}/downstream.parquet: label {label!r} of {key!r} "
                              f"is not in {CLASSES_FILE}")
@@ -99,7 +106,8 @@ def load_stamps(corpus_dir: str | Path) -> tuple[list[str], list[Stamp]]:
             raise ReactError(f"cut-out {path} is fully transparent")
         stamps.append(Stamp(key, index[label], rgba.crop(box)))
     if not stamps:
-        raise ReactError(f"{corpus_dir}/downstream.parquet has no rows")
+        raise ReactError(f"{corpus_dir}/downstream.parquet has no rows"
+                         + (f" in the {split} half of the held-out task" if split and table.num_rows else ""))
     return classnames, stamps
 
 
@@ -174,16 +182,17 @@ def _rle(mask: np.ndarray) -> dict:
 
 
 def build_scenes(corpus_dir: str | Path, out_dir: str | Path, n: int = DEFAULT_SCENES, seed: int = DEFAULT_SCENE_SEED,
-                 size: int = SCENE_SIZE) -> Path:
-    """Write ``n`` composed scenes (both forms, see the module doc) to ``out_dir``, atomically.
+                 size: int = SCENE_SIZE, split: str | None = None) -> Path:
+    """Write ``n`` composed scenes (both forms, see the module doc) to ``out_dir``, atomically,
+    from the stamps of one half of the held-out task (``split``) or of all of it (None).
 
-    Scene i depends only on (seed, i), so the first k scenes of a larger build
-    are the same as a build with n=k."""
+    Scene i depends only on (seed, i) and the stamps, so the first k scenes of a larger
+    build are the same as a build with n=k."""
     if n < 1:
         raise ReactError(f"number of scenes must be >= 1, got {n}")
     from react.progress import progress
 
-    classnames, stamps = load_stamps(corpus_dir)
+    classnames, stamps = load_stamps(corpus_dir, split)
     images, annotations = [], []
     with atomic_dir(out_dir) as tmp, progress(transient=True) as bar:
         (tmp / "images").mkdir()
@@ -211,7 +220,7 @@ def build_scenes(corpus_dir: str | Path, out_dir: str | Path, n: int = DEFAULT_S
         (tmp / INSTANCES_FILE).write_text(json.dumps(
             {"images": images, "annotations": annotations, "categories": categories}) + "\n")
         (tmp / SEG_CLASSES_FILE).write_text("\n".join(["background", *classnames]) + "\n")
-        recipe = {"version": SCENES_VERSION, "n": n, "seed": seed, "size": size,
+        recipe = {"version": SCENES_VERSION, "n": n, "seed": seed, "split": split, "size": size,
                   "objects": len(annotations), "classes": len(classnames),
                   "stamps": len(stamps), "source": str(Path(corpus_dir).resolve())}
         # Written last: its presence marks a complete build for ensure_scenes.
@@ -219,24 +228,30 @@ def build_scenes(corpus_dir: str | Path, out_dir: str | Path, n: int = DEFAULT_S
     return Path(out_dir)
 
 
-def ensure_scenes(corpus_dir: str | Path, n: int = DEFAULT_SCENES, seed: int = DEFAULT_SCENE_SEED) -> Path:
-    """The composed scenes for an embedded corpus, built once and cached under
-    ``CORPUS/scenes/v{version}-n{n}-seed{seed}`` (deterministic, so the cache
-    is just a shortcut)."""
+def ensure_scenes(corpus_dir: str | Path, n: int = DEFAULT_SCENES, seed: int = DEFAULT_SCENE_SEED,
+                  split: str = DEFAULT_SPLIT) -> Path:
+    """The composed scenes of one half of an embedded corpus' held-out task -- ``val`` for
+    every choice, ``test`` for the report -- built once and cached under
+    ``CORPUS/scenes/v{version}-{split}-n{n}-seed{seed}`` (deterministic, so the cache is
+    just a shortcut). A sealed split fails here, before anything is built."""
+    from react.datasets import check_embedded_split
+
     corpus_dir = Path(corpus_dir)
-    out = corpus_dir / SCENES_CACHE_DIR / f"v{SCENES_VERSION}-n{n}-seed{seed}"
+    check_embedded_split(corpus_dir, split)
+    out = corpus_dir / SCENES_CACHE_DIR / f"v{SCENES_VERSION}-{split}-n{n}-seed{seed}"
     recipe = out / RECIPE_FILE
     if recipe.is_file():
         try:
             done = json.loads(recipe.read_text())
         except json.JSONDecodeError:
             done = {}
-        if done.get("version") == SCENES_VERSION and done.get("n") == n and done.get("seed") == seed:
+        if (done.get("version"), done.get("n"), done.get("seed"), done.get("split")) == (SCENES_VERSION, n, seed,
+                                                                                          split):
             return out
     from react.progress import console
 
-    console.log(f"building {n} composed scenes (seed {seed}) under {out}")
-    return build_scenes(corpus_dir, out, n=n, seed=seed)
+    console.log(f"building {n} composed scenes of the {split} stamps (seed {seed}) under {out}")
+    return build_scenes(corpus_dir, out, n=n, seed=seed, split=split)
 
 
 def is_embedded_corpus(path: str | Path) -> bool:

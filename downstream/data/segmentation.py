@@ -13,7 +13,8 @@ Layout (VOC / COCO-Stuff style, and what ``downstream.data.scenes`` writes)::
 Without a split list every image is used. A class named ``background`` (or
 ``__background__``) marks the dataset as VOC-style; see downstream.tasks.segmentation
 for how it is scored. An embedded corpus directory (downstream.parquet +
-cutouts/) stands for its composed scenes (downstream.data.scenes.ensure_scenes).
+cutouts/) stands for the composed scenes of one half of its held-out task: ``val`` or
+``test`` (downstream.data.scenes.ensure_scenes).
 
 Masks are checked as they are read: a label outside the class list (and not
 the ignore label) or a mask whose size differs from its image is a ReactError
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from downstream.defaults import DEFAULT_IGNORE_INDEX
+from downstream.defaults import DEFAULT_IGNORE_INDEX, DEFAULT_SPLIT
 from react.errors import ReactError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -138,8 +139,8 @@ def _split_stems(root: Path, split: str | None) -> list[str] | None:
     return None
 
 
-def resolve_root(path: str | Path) -> Path:
-    """The scenes directory for an embedded corpus, else the path itself."""
+def resolve_root(path: str | Path, split: str | None = None) -> tuple[Path, bool]:
+    """(the scenes directory of ``split``'s half for an embedded corpus, True), else (the path, False)."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ReactError(f"segmentation dataset not found: {root}")
@@ -147,9 +148,9 @@ def resolve_root(path: str | Path) -> Path:
         from downstream.data.scenes import ensure_scenes, is_embedded_corpus
 
         if is_embedded_corpus(root):
-            return ensure_scenes(root)
+            return ensure_scenes(root, split=split or DEFAULT_SPLIT), True
         raise ReactError(f"{root} is a corpus without cutouts/: no segmentation scenes can be composed")
-    return root
+    return root, False
 
 
 def _own_templates(root: Path, original: Path) -> list[str] | None:
@@ -166,7 +167,7 @@ def build_segmentation_dataset(path: str | Path, split: str | None = None,
     """Read a dataset directory (see the module doc); ``ignore_index`` None
     takes meta.json's, else DEFAULT_IGNORE_INDEX (255)."""
     original = Path(path).expanduser()
-    root = resolve_root(original)
+    root, scenes = resolve_root(original, split)
     classnames = _classnames(root)
     meta = _meta(root)
     if "num_classes" in meta and int(meta["num_classes"]) != len(classnames):
@@ -183,10 +184,10 @@ def build_segmentation_dataset(path: str | Path, split: str | None = None,
     by_stem = {p.stem: p for p in sorted(image_dir.iterdir())
                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")}
     notes = []
-    stems = _split_stems(root, split)
+    stems = None if scenes else _split_stems(root, split)
     if stems is None:
         stems = sorted(by_stem)
-        if split:
+        if split and not scenes:
             notes.append(f"no split list {split}.txt: all {len(stems)} images")
     else:
         unknown = [s for s in stems if s not in by_stem]
@@ -197,8 +198,9 @@ def build_segmentation_dataset(path: str | Path, split: str | None = None,
     missing = [s for s in stems if not (mask_dir / f"{s}.png").is_file()]
     if missing:
         raise ReactError(f"{len(missing)} image(s) have no mask in {mask_dir}, e.g. {missing[0]}.png")
+    name = f"{original.name}-scenes:{split or DEFAULT_SPLIT}" if scenes else original.name or str(original)
     return SegmentationDataset(
-        name=original.name or str(original), root=root, classnames=classnames,
+        name=name, root=root, classnames=classnames,
         images=[by_stem[s] for s in stems], masks=[mask_dir / f"{s}.png" for s in stems],
         ignore_index=ignore_index, templates=_own_templates(root, original), notes=notes,
     )

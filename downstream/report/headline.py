@@ -75,4 +75,22 @@ def shaping_lines(summary: dict) -> list[str]:
         lines.append(f"evaluation suite ({suite.get('split')}): average gain {100 * avg['gain']:+.1f} points, "
                      f"95 % interval [{100 * avg['gain_ci95'][0]:+.1f}, {100 * avg['gain_ci95'][1]:+.1f}]; "
                      f"{suite.get('wins')} wins / {suite.get('ties')} ties / {suite.get('losses')} losses")
+    lines += dense_lines(summary.get("dense"))
+    return lines
+
+
+def dense_lines(dense: object) -> list[str]:
+    """Detection and segmentation: the base against its floor, the customized seeds' gain with its interval."""
+    lines = []
+    floors = {"detection": ("base_crop", "crop-and-encode"), "segmentation": ("all_background", "all-background")}
+    for task, (key, floor_name) in floors.items():
+        entry = _get(dense, task)
+        gain = _get(entry, "gain")
+        if not (isinstance(entry, dict) and isinstance(gain, dict) and is_number(entry.get("base"))):
+            continue
+        floor = f" ({floor_name}: {100 * entry[key]:.2f})" if is_number(entry.get(key)) else ""
+        lo, hi = gain["ci95"]
+        lines.append(f"{task} {entry['metric']}: base {100 * entry['base']:.2f}{floor}; customized "
+                     f"({len(entry.get('seeds') or [])} seeds) {100 * gain['mean']:+.2f} points, 95 % interval "
+                     f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" + (" (contains 0)" if gain.get("contains_zero") else ""))
     return lines

@@ -11,6 +11,8 @@ interval; a gain whose interval contains 0 is not distinguishable from none.
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 REPLICATES = 2000
@@ -76,4 +78,25 @@ def mean_gain_interval(tasks: dict[str, tuple[list[np.ndarray], list[np.ndarray]
     mean = float(np.mean([a.mean() - b.mean() for a, b in stacked.values()]))
     return {"mean": round(mean, 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
             "contains_zero": bool(lo <= 0.0 <= hi), "tasks": len(stacked), "seeds": [na, nb],
+            "replicates": replicates}
+
+
+def metric_gain_interval(runs: list, against: list, metric: Callable[[Any, np.ndarray], float], images: int,
+                         replicates: int = REPLICATES, seed: int = 0) -> dict:
+    """The same paired image x seed bootstrap for a metric that is not a mean over images
+    (detection AP50, segmentation mIoU): ``metric(stats, weights)`` scores one model's
+    per-image statistics with image i counted ``weights[i]`` times, so a replicate's draw
+    of the images is a weight vector shared by both sides."""
+    rng = np.random.default_rng(seed)
+    ones = np.ones(images)
+    point = np.mean([metric(r, ones) for r in runs]) - np.mean([metric(b, ones) for b in against])
+    gains = np.empty(replicates)
+    for i in range(replicates):
+        w = np.bincount(rng.integers(0, images, size=images), minlength=images).astype(np.float64)
+        a = np.array([metric(r, w) for r in runs])
+        b = np.array([metric(r, w) for r in against])
+        gains[i] = a[rng.integers(0, len(a), size=len(a))].mean() - b[rng.integers(0, len(b), size=len(b))].mean()
+    lo, hi = np.quantile(gains, [0.025, 0.975])
+    return {"mean": round(float(point), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "contains_zero": bool(lo <= 0.0 <= hi), "images": int(images), "seeds": [len(runs), len(against)],
             "replicates": replicates}

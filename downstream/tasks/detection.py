@@ -286,11 +286,45 @@ def evaluate_detection(model: LoadedModel, data: DetectionData, text: torch.Tens
                 scored += len(image_boxes)
             bar.advance(task, len(records))
     metrics, per_class_ids = coco_ap(data.gt, results)
+    per_image = matched_per_image(data, results)
     names = dict(zip(data.category_ids, data.classnames))
     per_class = {names[cid]: ap for cid, ap in per_class_ids.items()}
     metrics.update({"num_images": len(data.images), "num_boxes_scored": scored,
                     "num_gt_boxes": sum(1 for a in data.gt["annotations"] if not a.get("iscrowd", 0)),
                     "num_classes": len(data.classnames)})
     details = {"classes_without_gt": sorted(set(data.classnames) - set(per_class)),
-               "detections": len(results), "dense_size": dense_size}
+               "detections": len(results), "dense_size": dense_size, "per_image": per_image}
     return metrics, per_class, details
+
+
+def matched_per_image(data: DetectionData, results: list[dict[str, Any]]) -> dict[str, list]:
+    """What AP50 needs per image, for intervals over images (downstream.tasks.ap50): each
+    image's ground-truth count per class and each detection's image, class, score and match."""
+    from downstream.tasks.ap50 import match_image
+
+    cls_of = {cid: i for i, cid in enumerate(data.category_ids)}
+    row_of = {im.id: i for i, im in enumerate(data.images)}
+    gt = np.zeros((len(data.images), len(data.category_ids)), dtype=np.int64)
+    truth: dict[int, list[tuple[list[float], int, bool]]] = {}
+    for a in data.gt["annotations"]:
+        x, y, w, h = a["bbox"]
+        crowd = bool(a.get("iscrowd", 0))
+        truth.setdefault(a["image_id"], []).append(([x, y, x + w, y + h], cls_of[a["category_id"]], crowd))
+        if not crowd:
+            gt[row_of[a["image_id"]], cls_of[a["category_id"]]] += 1
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    out: dict[str, list] = {"image": [], "class": [], "score": [], "tp50": []}
+    for image_id, dets in by_image.items():
+        boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)], dtype=np.float64)
+        classes = np.asarray([cls_of[d["category_id"]] for d in dets])
+        scores = np.asarray([d["score"] for d in dets], dtype=np.float64)
+        own = truth.get(image_id, [])
+        tp = match_image(boxes, classes, scores, np.asarray([t[0] for t in own], dtype=np.float64).reshape(-1, 4),
+                         np.asarray([t[1] for t in own], dtype=np.int64), np.asarray([t[2] for t in own], dtype=bool))
+        out["image"] += [row_of[image_id]] * len(dets)
+        out["class"] += classes.tolist()
+        out["score"] += [round(float(v), 6) for v in scores]
+        out["tp50"] += tp.tolist()
+    return {"gt": gt.tolist(), **out}

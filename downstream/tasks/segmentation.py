@@ -106,6 +106,16 @@ def segmentation_metrics(conf: np.ndarray, classnames: Sequence[str]) -> tuple[d
     return metrics, per_class
 
 
+def miou_from_counts(counts: dict, weights: np.ndarray | None = None) -> float:
+    """mIoU of a result's ``per_image`` pixel counts, image i counted ``weights[i]`` times
+    (the bootstrap's draw); with every weight 1 it is the result's mIoU."""
+    inter, gt, pred = (np.asarray(counts[k], dtype=np.float64) for k in ("intersection", "ground_truth", "predicted"))
+    w = np.ones(len(inter)) if weights is None else np.asarray(weights, dtype=np.float64)
+    i, union = w @ inter, w @ gt + w @ pred - w @ inter
+    present = union > 0
+    return float((i[present] / union[present]).mean()) if present.any() else 0.0
+
+
 # --- prediction ------------------------------------------------------------------
 
 def _normalization(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,6 +231,8 @@ def evaluate_segmentation(model: LoadedModel, dataset: SegmentationDataset, temp
     for note in dataset.notes:
         console.log(note)
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    background_conf = np.zeros_like(conf)  # predicting background everywhere: the floor to beat
+    counts: dict[str, list] = {"intersection": [], "ground_truth": [], "predicted": []}
     with progress() as bar:
         task = bar.add_task("segmenting", total=len(dataset), unit="img")
         for index in range(len(dataset)):
@@ -230,13 +242,22 @@ def evaluate_segmentation(model: LoadedModel, dataset: SegmentationDataset, temp
             log_probs = patch_log_probs(out.features, out.keys, head, scale,
                                         denoise_threshold if prompt_denoising else None)[0]
             pred = predict_labels(log_probs, head, labels.shape, background_threshold).numpy()
-            conf += confusion_matrix(pred, labels, num_classes, dataset.ignore_index)
+            image_conf = confusion_matrix(pred, labels, num_classes, dataset.ignore_index)
+            conf += image_conf
+            for key, value in zip(counts, (np.diag(image_conf), image_conf.sum(1), image_conf.sum(0))):
+                counts[key].append(value.tolist())
+            if dataset.background_index is not None:
+                background_conf += confusion_matrix(np.full_like(labels, dataset.background_index), labels,
+                                                    num_classes, dataset.ignore_index)
             bar.advance(task)
     metrics, per_class = segmentation_metrics(conf, dataset.classnames)
     metrics |= {"num_images": len(dataset), "num_classes": num_classes}
+    if dataset.background_index is not None:
+        metrics["all_background_mIoU"] = segmentation_metrics(background_conf, dataset.classnames)[0]["mIoU"]
     return {
         "task": "segmentation", "model": model.name, "dataset": dataset.name,
         "metrics": metrics, "per_class": per_class,
+        "per_image": counts,  # pixel counts per class, for intervals over images (miou_from_counts)
         "settings": {"templates": templates_label, "input_size": input_size, "dense_mode": mode,
                      "key_smoothing": key_smoothing,
                      "prompt_denoising": denoise_threshold if prompt_denoising else None,

@@ -22,6 +22,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     fetch.add_argument("--fraction", type=float, default=1.0,
                        help="keep this fraction of every category, for quick tests (default: 1.0)")
     fetch.add_argument("--seed", type=int, default=0, help="seed of the deterministic split (default: 0)")
+    fetch.add_argument("--pretraining-stride", type=int, default=None, metavar="N",
+                       help="one web stamp in N of each folder is also pretraining material; 0: none is, so "
+                       "only the retrieval corpus knows the stamps' domain (default: 4, the demo's corpus)")
     fetch.add_argument("--force", action="store_true", help="rebuild even if a cached corpus exists")
     fetch.set_defaults(func=_fetch)
 
@@ -63,7 +66,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _fetch(args: argparse.Namespace) -> int:
     from react.embedded.corpus import fetch_embedded
 
-    print(fetch_embedded(args.cache, fraction=args.fraction, seed=args.seed, force=args.force))
+    print(fetch_embedded(args.cache, fraction=args.fraction, seed=args.seed, force=args.force,
+                         stride=args.pretraining_stride))
     return 0
 
 

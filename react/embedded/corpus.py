@@ -145,8 +145,10 @@ def dedupe(items: list[Item]) -> list[Item]:
     return out
 
 
-def split(items: list[Item], seed: int = 0) -> dict[str, list[Item]]:
-    """Deterministic split; see the module docstring."""
+def split(items: list[Item], seed: int = 0, stride: int | None = None) -> dict[str, list[Item]]:
+    """Deterministic split; see the module docstring. ``stride``: one web stamp in
+    ``stride`` of each folder is pretraining material (0: none is; None: PRETRAINING_STRIDE)."""
+    stride = PRETRAINING_STRIDE if stride is None else stride
     order = lambda it: _stable_hash(str(seed), it.key)  # noqa: E731
     downstream: list[Item] = []
     web: list[Item] = []
@@ -175,7 +177,7 @@ def split(items: list[Item], seed: int = 0) -> dict[str, list[Item]]:
             by_cat.setdefault(it.category, []).append(it)
     for group in by_cat.values():
         group.sort(key=order)
-        pretraining += group[::PRETRAINING_STRIDE]
+        pretraining += group[::stride] if stride else []
     key = lambda it: it.key  # noqa: E731
     return {"pretraining": sorted(pretraining, key=key), "retrieval": sorted(web, key=key),
             "downstream": sorted(downstream, key=key)}
@@ -205,19 +207,25 @@ def _table(items: list[Item], paths: dict[str, str]) -> pa.Table:
     )
 
 
-def corpus_dir(fraction: float = 1.0, seed: int = 0, root: Path | None = None) -> Path:
-    name = CORPUS_VERSION + (f"-f{fraction:g}" if fraction < 1 else "") + (f"-s{seed}" if seed else "")
+def corpus_dir(fraction: float = 1.0, seed: int = 0, root: Path | None = None,
+               stride: int | None = None) -> Path:
+    name = (CORPUS_VERSION + (f"-f{fraction:g}" if fraction < 1 else "") + (f"-s{seed}" if seed else "")
+            + (f"-p{stride}" if stride not in (None, PRETRAINING_STRIDE) else ""))
     return (root or cache_dir() / "corpus") / name
 
 
-def build_embedded_corpus(out: Path, sources_dir: Path, fraction: float = 1.0, seed: int = 0) -> Path:
+def build_embedded_corpus(out: Path, sources_dir: Path, fraction: float = 1.0, seed: int = 0,
+                          stride: int | None = None) -> Path:
     """Fetch, convert and split; the corpus appears at ``out`` only when complete."""
     if not 0 < fraction <= 1:
         raise ReactError(f"--fraction must be in (0, 1], got {fraction}")
+    stride = PRETRAINING_STRIDE if stride is None else stride
+    if stride < 0:
+        raise ReactError(f"--pretraining-stride must be >= 0, got {stride}")
     started = time.time()
     deb, tgz = (fetch(s, sources_dir) for s in (TUXPAINT, EMOJI))
     items = dedupe(_subsample(read_stamps(deb), fraction) + _subsample(read_emoji(tgz), fraction))
-    parts = split(items, seed)
+    parts = split(items, seed, stride)
     check_disjoint(parts)
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
@@ -236,7 +244,7 @@ def build_embedded_corpus(out: Path, sources_dir: Path, fraction: float = 1.0, s
         write_text(tmp / CLASSES_FILE, "\n".join(classes) + "\n")
         write_text(tmp / TEMPLATES_FILE, "\n".join(TEMPLATES) + "\n")
         manifest = {
-            "version": CORPUS_VERSION, "seed": seed, "fraction": fraction,
+            "version": CORPUS_VERSION, "seed": seed, "fraction": fraction, "pretraining_stride": stride,
             "counts": {name: len(part) for name, part in parts.items()},
             "downstream_classes": len(classes),
             "sources": [{"name": s.name, "registry": s.registry, "package": s.package, "version": s.version,
@@ -257,10 +265,11 @@ def check_disjoint(parts: dict[str, list[Item]]) -> None:
             raise ReactError(f"downstream leaks into {other}: {len(keys)} keys, {len(shas)} images")
 
 
-def fetch_embedded(cache: Path | None = None, fraction: float = 1.0, seed: int = 0, force: bool = False) -> Path:
+def fetch_embedded(cache: Path | None = None, fraction: float = 1.0, seed: int = 0, force: bool = False,
+                   stride: int | None = None) -> Path:
     """The embedded corpus directory, built on first use and cached."""
     base = Path(cache) if cache else cache_dir()
-    out = corpus_dir(fraction, seed, base / "corpus")
+    out = corpus_dir(fraction, seed, base / "corpus", stride)
     manifest = out / CORPUS_MANIFEST
     if not force and manifest.is_file():
         try:
@@ -268,4 +277,4 @@ def fetch_embedded(cache: Path | None = None, fraction: float = 1.0, seed: int =
                 return out
         except json.JSONDecodeError:
             pass
-    return build_embedded_corpus(out, base / "sources", fraction, seed)
+    return build_embedded_corpus(out, base / "sources", fraction, seed, stride)
