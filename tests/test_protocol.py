@@ -18,7 +18,9 @@ from react.datasets import SEALED_ENV, build_classification_dataset, seal_splits
 from react.errors import ReactError
 
 REPO = Path(__file__).resolve().parents[1]
-TUNING_SCRIPTS = ["benchmarks/react_effect.py", "benchmarks/recipe_sweep.py"]  # scripts whose figures choose settings
+# scripts whose figures choose settings
+TUNING_SCRIPTS = ["benchmarks/react_effect.py", "benchmarks/recipe_sweep.py", "benchmarks/world_sweep.py",
+                  "benchmarks/seg_threshold.py"]
 
 
 def _embedded(root: Path, per_class: dict[str, int]) -> Path:
@@ -81,4 +83,6 @@ def test_tuning_scripts_seal_the_test_split_before_opening_data(script):
              and any(isinstance(a, ast.Constant) and a.value == "test" for a in n.args)]
     # score_runs (benchmarks/react_effect.py) opens the validation half for the scripts that call it
     opens = [line for line, name, _ in calls if name in ("build_classification_dataset", "open_splits", "score_runs")]
+    # and every `react eval ...` command line the script writes
+    opens += [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value == "eval"]
     assert seals and opens and min(seals) < min(opens), f"{script} opens a dataset before sealing the test split"
