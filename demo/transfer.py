@@ -130,7 +130,12 @@ def dense_gains(step: Callable[[str, list[str]], None], results: Path, corpus: P
         headline = HEADLINE[task]
         out[task] = {"metric": headline, "base": base_result["metrics"][headline],
                      "seeds": [r["metrics"][headline] for r in runs], "gain": interval}
-    out["detection"]["base_crop"] = json.loads(crop.read_text())["metrics"]["AP50"]
+    crop_result = json.loads(crop.read_text())
+    out["detection"]["base_crop"] = crop_result["metrics"]["AP50"]
+    base_det = json.loads(written["detection"]["base"].read_text())["per_image"]
+    # the same boxes on the same images, read two ways: a paired interval (seed spread: none, one base)
+    out["detection"]["base_roi_minus_crop"] = metric_gain_interval(
+        [base_det], [crop_result["per_image"]], ap50, len(base_det["gt"]))
     out["segmentation"]["all_background"] = json.loads(
         written["segmentation"]["base"].read_text())["metrics"].get("all_background_mIoU")
     return out

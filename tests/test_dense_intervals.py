@@ -136,6 +136,9 @@ def test_demo_dense_gains_runs_every_seed_and_reports_floors(tiny_model_dir, sta
         assert entry["gain"]["images"] == 200  # the demo's scenes of the test stamps
         assert (results / f"gated-s1_{task}.json").is_file()
     assert 0 <= dense["detection"]["base_crop"] <= 1
+    versus = dense["detection"]["base_roi_minus_crop"]  # the same boxes read two ways, paired
+    assert versus["mean"] == pytest.approx(dense["detection"]["base"] - dense["detection"]["base_crop"], abs=1e-4)
+    assert versus["ci95"][0] <= versus["mean"] <= versus["ci95"][1] and versus["seeds"] == [1, 1]
     seg = json.loads(written["segmentation"]["base"].read_text())
     assert dense["segmentation"]["all_background"] == seg["metrics"]["all_background_mIoU"] > 0
     assert seg["dataset"].endswith("-scenes:test")

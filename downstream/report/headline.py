@@ -88,9 +88,17 @@ def dense_lines(dense: object) -> list[str]:
         gain = _get(entry, "gain")
         if not (isinstance(entry, dict) and isinstance(gain, dict) and is_number(entry.get("base"))):
             continue
-        floor = f" ({floor_name}: {100 * entry[key]:.2f})" if is_number(entry.get(key)) else ""
-        lo, hi = gain["ci95"]
+        floor = f" ({floor_name}: {100 * entry[key]:.2f}" if is_number(entry.get(key)) else ""
+        versus = entry.get("base_roi_minus_crop")
+        if floor and isinstance(versus, dict):
+            floor += f"; RoI minus crop {_points(versus)}"
+        floor += ")" if floor else ""
         lines.append(f"{task} {entry['metric']}: base {100 * entry['base']:.2f}{floor}; customized "
-                     f"({len(entry.get('seeds') or [])} seeds) {100 * gain['mean']:+.2f} points, 95 % interval "
-                     f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" + (" (contains 0)" if gain.get("contains_zero") else ""))
+                     f"({len(entry.get('seeds') or [])} seeds) {_points(gain)}")
     return lines
+
+
+def _points(interval: dict) -> str:
+    lo, hi = interval["ci95"]
+    return (f"{100 * interval['mean']:+.2f} points, 95 % interval [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+            + (" (contains 0)" if interval.get("contains_zero") else ""))
