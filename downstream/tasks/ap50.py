@@ -65,12 +65,12 @@ def ap50(stats: dict, weights: np.ndarray | None = None) -> float:
     aps = []
     for c in np.flatnonzero(n_gt > 0):
         sel = np.flatnonzero(keep & (cls == c))
+        if not len(sel):  # ground truth but no detection of the class: AP 0
+            aps.append(0.0)
+            continue
         sel = sel[np.argsort(-score[sel], kind="mergesort")]
         dw = w[image[sel]]
         tps, fps = np.cumsum(dw * (tp[sel] == 1)), np.cumsum(dw * (tp[sel] == 0))
-        if not len(sel):
-            aps.append(0.0)
-            continue
         recall = tps / n_gt[c]
         precision = np.maximum.accumulate((tps / (tps + fps))[::-1])[::-1]  # COCO's envelope
         at = np.searchsorted(recall, RECALL_POINTS, side="left")
