@@ -36,10 +36,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODES = ("t2t", "t2i", "both")  # the demo's current mode first: ties keep it
-CURRENT = {"gated_layers": 4, "steps": 128, "lr": 5e-4, "gate_lr": 5e-3}
-GRID = {"gated_layers": (4, 2), "steps": (128, 256), "lrs": ((5e-4, 5e-3), (1e-3, 1e-2))}
+MODES = ("t2t", "t2i", "both")
 BATCH = 128
+
+
+def current_recipe() -> tuple[str, dict]:
+    """The demo's retrieval mode and gated-image recipe, read from the demo itself (ties keep them)."""
+    from demo.customize_runs import MODE_RECIPE
+    from demo.run import RETRIEVE_MODE
+
+    opts = dict(zip(MODE_RECIPE["gated-image"][::2], MODE_RECIPE["gated-image"][1::2]))
+    return RETRIEVE_MODE, {"gated_layers": int(opts["--gated-layers"]), "steps": int(opts["--steps"]),
+                           "lr": float(opts["--lr"]), "gate_lr": float(opts["--gate-lr"])}
+GRID = {"gated_layers": (4, 2), "steps": (128, 256), "lrs": ((5e-4, 5e-3), (1e-3, 1e-2))}
 
 
 def recipe_options(r: dict, seed: int) -> list[str]:
@@ -130,9 +139,11 @@ def main() -> None:
             rows.append({**scored[0], "config": "base"})
         rows.extend({**r, "config": tags[r["name"]]} for r in scored[1:])
 
-    current = recipe_name(CURRENT)
-    sweep([(f"{mode}/{current}", mode, CURRENT) for mode in MODES])
-    mode_key, modes = best(rows, [f"{mode}/{current}" for mode in MODES])
+    current_mode, recipe = current_recipe()
+    modes_in_order = [current_mode] + [m for m in MODES if m != current_mode]  # ties keep the current mode
+    current = recipe_name(recipe)
+    sweep([(f"{mode}/{current}", mode, recipe) for mode in modes_in_order])
+    mode_key, modes = best(rows, [f"{mode}/{current}" for mode in modes_in_order])
     mode = mode_key.split("/")[0]
     todo = [(f"{mode}/{recipe_name(r)}", mode, r) for r in grid() if recipe_name(r) != current]
     sweep(todo)
@@ -144,7 +155,7 @@ def main() -> None:
               "rule": "highest validation top-1, averaged over the stamps and clip-art tasks and the seeds; "
                       "ties keep the current setting",
               "modes": modes, "chosen_mode": mode, "recipes": recipes, "chosen": recipe_key,
-              "current": f"t2t/{current}", "changed": recipe_key != f"t2t/{current}",
+              "current": f"{current_mode}/{current}", "changed": recipe_key != f"{current_mode}/{current}",
               "runs": [{k: r.get(k) for k in ("name", "config", "options", "top1", "mean_per_class_recall", "wall_s")}
                        for r in rows[1:]]}
     print(f"\nvalidation base {100 * result['base_top1']:.1f} % top-1 (images: {result['validation_images']})")
