@@ -28,7 +28,7 @@ script read the demo's scenes with an even index: the figures in
 docs/base_variants.json were measured that way.)
 
 Resumable: a trained variant (``WORK/models/NAME/.timing.json``) and its
-evaluations (``WORK/results/NAME_*.json``) are reused.
+evaluations (``WORK/results-val-scenes/NAME_*.json``) are reused.
 
     nice -n 19 .venv/bin/python benchmarks/base_variants.py --work /tmp/base_variants \\
         --json docs/base_variants.json today patch4 img96 layers6 steps900
@@ -139,7 +139,7 @@ def train(name: str, corpus: Path, work: Path) -> dict:
 
 def evaluate(name: str, work: Path, val: dict) -> dict:
     model = work / "models" / name
-    res = work / "results"
+    res = work / "results-val-scenes"  # not "results": those read the even-numbered mixed scenes
     res.mkdir(parents=True, exist_ok=True)
     corpus = ["--dataset", val["corpus"], "--split", "val"]  # detection and segmentation: the val scenes
     runs = {
