@@ -120,11 +120,12 @@ def dense_gains(step: Callable[[str, list[str]], None], results: Path, corpus: P
     crop = evaluate(step, results / "base_detection_crop.json", "detection", base, corpus,
                     [*TASKS["detection"], "--region-features", "crop"])
     out: dict = {}
+    bases = {task: json.loads(written[task]["base"].read_text()) for task in DENSE_TASKS}
     for task, count_key in DENSE_TASKS.items():
         paths = [written[task]["gated-image"]] + [
             evaluate(step, results / f"{run.name}_{task}.json", task, run, corpus, TASKS[task]) for run in seeds]
         runs = [json.loads(p.read_text()) for p in paths]
-        base_result = json.loads(written[task]["base"].read_text())
+        base_result = bases[task]
         interval = metric_gain_interval([r["per_image"] for r in runs], [base_result["per_image"]], metrics[task],
                                         len(base_result["per_image"][count_key]))
         headline = HEADLINE[task]
@@ -132,12 +133,11 @@ def dense_gains(step: Callable[[str, list[str]], None], results: Path, corpus: P
                      "seeds": [r["metrics"][headline] for r in runs], "gain": interval}
     crop_result = json.loads(crop.read_text())
     out["detection"]["base_crop"] = crop_result["metrics"]["AP50"]
-    base_det = json.loads(written["detection"]["base"].read_text())["per_image"]
+    base_det = bases["detection"]["per_image"]
     # the same boxes on the same images, read two ways: a paired interval (seed spread: none, one base)
     out["detection"]["base_roi_minus_crop"] = metric_gain_interval(
         [base_det], [crop_result["per_image"]], ap50, len(base_det["gt"]))
-    out["segmentation"]["all_background"] = json.loads(
-        written["segmentation"]["base"].read_text())["metrics"].get("all_background_mIoU")
+    out["segmentation"]["all_background"] = bases["segmentation"]["metrics"].get("all_background_mIoU")
     return out
 
 

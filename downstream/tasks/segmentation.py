@@ -235,7 +235,6 @@ def evaluate_segmentation(model: LoadedModel, dataset: SegmentationDataset, temp
     for note in dataset.notes:
         console.log(note)
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
-    background_conf = np.zeros_like(conf)  # predicting background everywhere: the floor to beat
     counts: dict[str, list] = {"intersection": [], "ground_truth": [], "predicted": []}
     with progress() as bar:
         task = bar.add_task("segmenting", total=len(dataset), unit="img")
@@ -250,13 +249,14 @@ def evaluate_segmentation(model: LoadedModel, dataset: SegmentationDataset, temp
             conf += image_conf
             for key, value in zip(counts, (np.diag(image_conf), image_conf.sum(1), image_conf.sum(0))):
                 counts[key].append(value.tolist())
-            if dataset.background_index is not None:
-                background_conf += confusion_matrix(np.full_like(labels, dataset.background_index), labels,
-                                                    num_classes, dataset.ignore_index)
             bar.advance(task)
     metrics, per_class = segmentation_metrics(conf, dataset.classnames)
     metrics |= {"num_images": len(dataset), "num_classes": num_classes}
     if dataset.background_index is not None:
+        # predicting background everywhere, the floor to beat: every labelled pixel lands in
+        # the background column, so its confusion matrix is the ground-truth counts
+        background_conf = np.zeros_like(conf)
+        background_conf[:, dataset.background_index] = conf.sum(1)
         metrics["all_background_mIoU"] = segmentation_metrics(background_conf, dataset.classnames)[0]["mIoU"]
     return {
         "task": "segmentation", "model": model.name, "dataset": dataset.name,
