@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -102,23 +103,54 @@ def _run_state(run_dir: Path, key: dict) -> str:
     return "resume"
 
 
-def customize_and_eval(step: Callable[[str, list[str]], None], base: Path, corpus: Path, shards: Path,
-                       run_dir: Path, result: Path, mode: str, seed: int) -> dict:
-    """One ``react customize`` (reused when done) and its zero-shot result."""
-    from customize.checkpoint import read_run, write_run
-    from demo.transfer import evaluate
+@dataclass(frozen=True)
+class PlannedRun:
+    run_dir: Path
+    result: Path
+    argv: list[str]      # the command the run is keyed by (no --resume/--overwrite)
+    key: dict
+    state: str           # 'done', 'resume' or 'new'
+    steps: int
 
+
+def plan_run(base: Path, shards: Path, run_dir: Path, result: Path, mode: str, seed: int) -> PlannedRun:
+    """One ``react customize`` of the demo, and whether a finished run can be reused."""
     argv = ["customize", "--base", str(base), "--train-data", str(shards), "--out", str(run_dir),
             "--mode", mode, "--seed", str(seed), *RECIPE, *MODE_RECIPE[mode]]
     key = run_key(argv, base, shards)
-    state = _run_state(run_dir, key)
-    if state != "done":
-        step(f"customize {run_dir.name}", argv + (["--resume"] if state == "resume" else ["--overwrite"]))
-        info = read_run(run_dir)
-        info["demo_key"] = key  # what makes a later demo reuse it
-        write_run(run_dir, info)
-    evaluate(step, result, "zeroshot", run_dir, corpus)
-    return json.loads(result.read_text())
+    steps = int(argv[argv.index("--steps") + 1])
+    return PlannedRun(run_dir, result, argv, key, _run_state(run_dir, key), steps)
+
+
+def run_customizations(step: Callable[[str, list[str]], None], runs: list[PlannedRun],
+                       parallel: int | None, logs: Path) -> dict | None:
+    """Every run not already done: in this process one at a time, or several at once in
+    child processes (demo.parallel_runs); then each is marked reusable. Returns how the
+    runs went in parallel (their wall time: the demo's timings), or None."""
+    from customize.checkpoint import read_run, write_run
+    from demo.parallel_runs import Job, plan_slots, run_parallel
+
+    todo = [r for r in runs if r.state != "done"]
+    flag = {"resume": ["--resume"], "new": ["--overwrite"]}
+    slots, threads = plan_slots(parallel)
+    parallel_info = None
+    if slots > 1 and len(todo) > 1:
+        started = time.time()
+        extra = ["--threads", str(threads)]  # not in the run's key: it changes only float rounding
+        run_parallel([Job(r.run_dir.name, r.argv + flag[r.state] + extra, r.run_dir, r.steps) for r in todo],
+                     slots, threads, logs)
+        parallel_info = {"runs": len(todo), "at_once": slots, "threads": threads,
+                         "seconds": round(time.time() - started, 1), "logs": str(logs)}
+        console.print(f"{len(todo)} customizations, {slots} at once with {threads} thread(s) each: "
+                      f"{parallel_info['seconds']:.0f} s (logs in {logs})", highlight=False)
+    else:
+        for r in todo:
+            step(f"customize {r.run_dir.name}", r.argv + flag[r.state])
+    for r in todo:
+        info = read_run(r.run_dir)
+        info["demo_key"] = r.key  # what makes a later demo reuse it
+        write_run(r.run_dir, info)
+    return parallel_info
 
 
 def _spread(values: list[float]) -> dict:
@@ -127,24 +159,31 @@ def _spread(values: list[float]) -> dict:
 
 
 def react_effect(step: Callable[[str, list[str]], None], out: Path, corpus: Path, base: Path,
-                 base_result: dict, shards: dict[str, Path], seeds: tuple[int, ...] = SEEDS) -> dict:
+                 base_result: dict, shards: dict[str, Path], seeds: tuple[int, ...] = SEEDS,
+                 parallel: int | None = None) -> dict:
     """Every variant over ``seeds``; returns the summary's ``react_effect`` part.
 
     ``shards``: {"retrieved": SHARDS_DIR, "random": SHARDS_DIR}. The first
-    variant's first seed is the demo's ``run/``; it is exported to ``customized/``."""
-    results: dict[str, list[dict]] = {}
+    variant's first seed is the demo's ``run/``; it is exported to ``customized/``.
+    ``parallel``: customizations at once (default: 2 on a CPU, 1 on a GPU)."""
+    from demo.transfer import evaluate
+
+    planned: dict[str, list[PlannedRun]] = {}
     for variant in VARIANTS:
         for seed in seeds:
             first = variant is VARIANTS[0] and seed == seeds[0]
             run_dir = out / "run" if first else out / "runs" / f"{variant.name}-s{seed}"
             result = out / "results" / f"{variant.name}-s{seed}_zeroshot.json"
-            results.setdefault(variant.name, []).append(
-                customize_and_eval(step, base, corpus, shards[variant.data], run_dir, result, variant.mode, seed))
+            planned.setdefault(variant.name, []).append(
+                plan_run(base, shards[variant.data], run_dir, result, variant.mode, seed))
+    parallel_info = run_customizations(step, [r for runs in planned.values() for r in runs], parallel, out / "logs")
+    results = {name: [json.loads(evaluate(step, r.result, "zeroshot", r.run_dir, corpus).read_text()) for r in runs]
+               for name, runs in planned.items()}
     step("export", ["export", str(out / "run"), "--out", str(out / "customized"), "--overwrite"])
     from downstream.report.intervals import correct, gain_interval
 
     effect = {"recipe": {mode: " ".join(RECIPE + extra) for mode, extra in MODE_RECIPE.items()},
-              "seeds": list(seeds), "variants": {}}
+              "seeds": list(seeds), "variants": {}, "parallel": parallel_info}
     answers = {name: [correct(r) for r in runs] for name, runs in results.items()}
     for variant in VARIANTS:
         runs = results[variant.name]

@@ -26,6 +26,13 @@ def correct(result: dict) -> np.ndarray:
     return np.asarray(per_image["prediction"]) == np.asarray(per_image["label"])
 
 
+def _interval(gains: np.ndarray, mean: float, **extra: Any) -> dict:
+    """The 95 % percentile interval of bootstrap ``gains`` around the point ``mean``."""
+    lo, hi = np.quantile(gains, [0.025, 0.975])
+    return {"mean": round(float(mean), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "contains_zero": bool(lo <= 0.0 <= hi), **extra, "replicates": len(gains)}
+
+
 def gain_interval(runs: list[np.ndarray], against: list[np.ndarray], replicates: int = REPLICATES,
                   seed: int = 0) -> dict:
     """Mean top-1 of ``runs`` minus that of ``against`` (one correctness vector per seed each; the
@@ -41,10 +48,7 @@ def gain_interval(runs: list[np.ndarray], against: list[np.ndarray], replicates:
         idx = rng.integers(0, n, size=n)  # the same images for both sides: paired
         sa, sb = rng.integers(0, len(a), size=len(a)), rng.integers(0, len(b), size=len(b))
         gains[i] = a[sa][:, idx].mean() - b[sb][:, idx].mean()
-    lo, hi = np.quantile(gains, [0.025, 0.975])
-    return {"mean": round(float(a.mean() - b.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
-            "contains_zero": bool(lo <= 0.0 <= hi), "images": int(n), "seeds": [len(a), len(b)],
-            "replicates": replicates}
+    return _interval(gains, a.mean() - b.mean(), images=int(n), seeds=[len(a), len(b)])
 
 
 def mean_gain_interval(tasks: dict[str, tuple[list[np.ndarray], list[np.ndarray]]],
@@ -74,11 +78,8 @@ def mean_gain_interval(tasks: dict[str, tuple[list[np.ndarray], list[np.ndarray]
             idx = rng.integers(0, a.shape[1], size=a.shape[1])
             total += a[sa][:, idx].mean() - b[sb][:, idx].mean()
         gains[i] = total / len(stacked)
-    lo, hi = np.quantile(gains, [0.025, 0.975])
-    mean = float(np.mean([a.mean() - b.mean() for a, b in stacked.values()]))
-    return {"mean": round(mean, 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
-            "contains_zero": bool(lo <= 0.0 <= hi), "tasks": len(stacked), "seeds": [na, nb],
-            "replicates": replicates}
+    mean = np.mean([a.mean() - b.mean() for a, b in stacked.values()])
+    return _interval(gains, mean, tasks=len(stacked), seeds=[na, nb])
 
 
 def metric_gain_interval(runs: list, against: list, metric: Callable[[Any, np.ndarray], float], images: int,
@@ -96,7 +97,4 @@ def metric_gain_interval(runs: list, against: list, metric: Callable[[Any, np.nd
         a = np.array([metric(r, w) for r in runs])
         b = np.array([metric(r, w) for r in against])
         gains[i] = a[rng.integers(0, len(a), size=len(a))].mean() - b[rng.integers(0, len(b), size=len(b))].mean()
-    lo, hi = np.quantile(gains, [0.025, 0.975])
-    return {"mean": round(float(point), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
-            "contains_zero": bool(lo <= 0.0 <= hi), "images": int(images), "seeds": [len(runs), len(against)],
-            "replicates": replicates}
+    return _interval(gains, point, images=int(images), seeds=[len(runs), len(against)])
