@@ -48,18 +48,22 @@ def main() -> None:
                args.out)
 
 
-def score_runs(base_dir: str, corpus: Path, task_names: Sequence[str], runs: list[list[str]], out: Path
-               ) -> list[dict]:
+def score_runs(base_dir: str, corpus: Path, task_names: Sequence[str], runs: list[list[str]], out: Path,
+               parallel: int | None = None) -> list[dict]:
     """Each run ``[NAME, SHARDS, *options]`` through ``react customize`` into OUT/NAME, scored on
     the validation half of every suite task named (``top1``: their mean; ``top1_by_task``: each);
-    returns (and appends to OUT/results.jsonl) one row per run, the base first."""
+    returns (and appends to OUT/results.jsonl) one row per run, the base first.
+
+    Resumable: a run already in OUT/results.jsonl with the same shards and options is read back,
+    not trained again (an interrupted run starts over). ``parallel`` runs train at once, each in
+    its own process (demo.parallel_runs; default 2 on a CPU)."""
     import torch
 
     from downstream.suite import task_dataset
     from react.datasets import build_classification_dataset, seal_splits
     from downstream.tasks.metrics import mean_per_class_recall
-    from react.cli import run
-    from react.models import load_model
+    from demo.parallel_runs import plan_slots
+    from react.models import WEIGHTS_FILE, file_digest, load_model
 
     seal_splits("test")
     base = load_model(base_dir, device="cpu")
@@ -84,23 +88,51 @@ def score_runs(base_dir: str, corpus: Path, task_names: Sequence[str], runs: lis
           flush=True)
     rows = [{"name": "base", "options": "", **scored, "images": {t[0]: len(t[3]) for t in tasks}}]
     out.mkdir(parents=True, exist_ok=True)
-    for name, shards, *options in runs:
-        run_dir = out / name
+    done = {}
+    if (out / "results.jsonl").is_file():
+        done = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    weights = file_digest(Path(base_dir) / WEIGHTS_FILE)
+    specs = {name: {"base": weights, "shards": shards, "options": " ".join(options)} for name, shards, *options in runs}
+    reused = [name for name, spec in specs.items() if {k: done.get(name, {}).get(k) for k in spec} == spec]
+    if reused:
+        print(f"reused from {out / 'results.jsonl'}: {', '.join(reused)}", flush=True)
+    todo = [[name, shards, *options] for name, shards, *options in runs if name not in reused]
+    slots, threads = plan_slots(parallel)
+    for start in range(0, len(todo), slots):  # a chunk at a time, so every finished run is saved
+        chunk = todo[start:start + slots]
+        walls = _train(chunk, base_dir, out, slots, threads)
+        for name, shards, *options in chunk:
+            run_dir = out / name
+            scored = score(load_model(str(run_dir), device="cpu"))
+            last = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])
+            row = {"name": name, **specs[name], **scored, "loss": last.get("loss"), "wall_s": walls[name]}
+            print(f"{name:32s} top-1 {100 * row['top1']:5.1f}  mean recall {100 * row['mean_per_class_recall']:5.1f}  "
+                  f"loss {row['loss']:.3f}  {row['wall_s']:.0f} s", flush=True)
+            with open(out / "results.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            done[name] = row
+    rows += [done[name] for name in specs]
+    return rows
+
+
+def _train(chunk: list[list[str]], base_dir: str, out: Path, slots: int, threads: int) -> dict[str, float]:
+    """``react customize`` of every run in ``chunk``, at once when there are slots; wall seconds by name."""
+    from demo.parallel_runs import Job, run_parallel
+    from react.cli import run
+
+    argvs = {name: ["customize", "--base", base_dir, "--train-data", shards, "--out", str(out / name), "--overwrite",
+                    "--log-every", "10", *options] for name, shards, *options in chunk}
+    if len(chunk) > 1:
+        steps = {name: int(a[a.index("--steps") + 1]) if "--steps" in a else 0 for name, a in argvs.items()}
+        return run_parallel([Job(name, a + ["--threads", str(threads)], out / name, steps[name])
+                             for name, a in argvs.items()], slots, threads, out / "logs")
+    walls = {}
+    for name, argv in argvs.items():
         started = time.time()
-        argv = ["customize", "--base", base_dir, "--train-data", shards, "--out", str(run_dir), "--overwrite",
-                "--log-every", "1000", *options]
         if run(argv) != 0:
             raise SystemExit(f"failed: react {' '.join(argv)}")
-        scored = score(load_model(str(run_dir), device="cpu"))
-        last = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])
-        row = {"name": name, "options": " ".join(options), **scored, "loss": last.get("loss"),
-               "wall_s": round(time.time() - started, 1)}
-        print(f"{name:32s} top-1 {100 * row['top1']:5.1f}  mean recall {100 * row['mean_per_class_recall']:5.1f}  "
-              f"loss {row['loss']:.3f}  {row['wall_s']:.0f} s", flush=True)
-        with open(out / "results.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        rows.append(row)
-    return rows
+        walls[name] = round(time.time() - started, 1)
+    return walls
 
 
 if __name__ == "__main__":

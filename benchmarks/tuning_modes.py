@@ -42,17 +42,36 @@ def _react(argv: list[str]) -> None:
         raise SystemExit(f"failed: react {' '.join(argv)}")
 
 
-def _train_and_score(base: str, shards: str, run_dir: Path, mode: str, lr: str, seed: int, recipe: list[str],
-                     corpus: str, split: str) -> dict:
-    result = run_dir / f"zeroshot_{split}.json"
-    if not result.is_file():
+def _train_and_score(cells: list[tuple[Path, str, str, int]], base: str, shards: str, recipe: list[str],
+                     corpus: str, split: str, parallel: int | None, logs: Path) -> list[dict]:
+    """Each cell ``(run_dir, mode, lr, seed)`` trained (``parallel`` runs at once, demo.parallel_runs)
+    unless already scored, then scored zero-shot on ``split``; the results in the cells' order."""
+    from demo.parallel_runs import Job, plan_slots, run_parallel
+
+    slots, threads = plan_slots(parallel)
+    steps = int(recipe[recipe.index("--steps") + 1])
+    jobs = []
+    for run_dir, mode, lr, seed in cells:
+        if (run_dir / f"zeroshot_{split}.json").is_file():
+            continue
         # an interrupted run resumes from its last checkpoint; a finished one resumes to nothing
         again = ["--resume"] if run_dir.exists() else []
-        _react(["customize", "--base", base, "--train-data", shards, "--out", str(run_dir), *again,
-                "--mode", mode, "--lr", lr, "--seed", str(seed), "--log-every", "1000", *recipe])
-        _react(["eval", "zeroshot", "--model", str(run_dir), "--dataset", corpus, "--split", split,
-                "--device", "cpu", "--out", str(result)])
-    return json.loads(result.read_text())
+        argv = ["customize", "--base", base, "--train-data", shards, "--out", str(run_dir), *again,
+                "--mode", mode, "--lr", lr, "--seed", str(seed), "--log-every", "10", *recipe]
+        jobs.append(Job(f"{run_dir.parent.name}-{run_dir.name}", argv + ["--threads", str(threads)], run_dir, steps))
+    if slots > 1 and len(jobs) > 1:
+        run_parallel(jobs, slots, threads, logs)
+    else:
+        for job in jobs:
+            _react(job.argv[:-2])
+    results = []
+    for run_dir, *_ in cells:
+        result = run_dir / f"zeroshot_{split}.json"
+        if not result.is_file():
+            _react(["eval", "zeroshot", "--model", str(run_dir), "--dataset", corpus, "--split", split,
+                    "--device", "cpu", "--out", str(result)])
+        results.append(json.loads(result.read_text()))
+    return results
 
 
 def main() -> None:
@@ -64,6 +83,8 @@ def main() -> None:
                         help="learning rates tried on val per new mode (one value: used as given, no val phase)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the test-phase runs")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--parallel-runs", type=int, default=None, metavar="N",
+                        help="customizations at once (default: 2 on a CPU, 1 on a GPU; demo.parallel_runs)")
     args = parser.parse_args()
 
     from demo.customize_runs import MODE_RECIPE, RECIPE
@@ -83,12 +104,12 @@ def main() -> None:
         if len(args.lrs) == 1:  # nothing to choose: the rate was fixed before any run was scored
             chosen[mode] = {"lr": args.lrs[0], "tried": [], "note": "fixed a priori, not chosen on any split"}
             continue
+        cells = [(args.out / "val" / f"{mode}-lr{lr}", mode, lr, 0) for lr in args.lrs]
         tried = []
-        for lr in args.lrs:
-            res = _train_and_score(base, shards, args.out / "val" / f"{mode}-lr{lr}", mode, lr, 0, recipe, corpus,
-                                   "val")
+        for lr, res in zip(args.lrs, _train_and_score(cells, base, shards, recipe, corpus, "val", args.parallel_runs,
+                                                      args.out / "logs")):
             tried.append({"lr": lr, "val_top1": round(res["metrics"]["top1"], 4)})
-            print(f"val  {mode:13s} lr {lr:6s} top-1 {100 * res['top1']:5.1f}", flush=True)
+            print(f"val  {mode:13s} lr {lr:6s} top-1 {100 * res['metrics']['top1']:5.1f}", flush=True)
         best = max(tried, key=lambda t: t["val_top1"])
         chosen[mode] = {"lr": best["lr"], "tried": tried}
     os.environ.pop(SEALED_ENV)  # phase 2 reads the test half, and only with every choice fixed
@@ -97,20 +118,21 @@ def main() -> None:
     base_result = json.loads((args.demo / "results" / "base_zeroshot.json").read_text())
     base_correct = [correct(base_result)]
     rows = {"base": {"top1": [round(base_result["metrics"]["top1"], 4)]}}
+    cells = [(args.out / "test" / f"{mode}-s{s}", mode, chosen[mode]["lr"], s) for mode in NEW_MODES for s in args.seeds]
+    trained = iter(_train_and_score(cells, base, shards, recipe, corpus, "test", args.parallel_runs, args.out / "logs"))
     for mode in (*DEMO_MODES, *NEW_MODES):
         if mode in DEMO_MODES:
             results = [json.loads((args.demo / "results" / f"{DEMO_MODES[mode]}-s{s}_zeroshot.json").read_text())
                        for s in args.seeds]
             source = "the demo's runs"
         else:
-            results = [_train_and_score(base, shards, args.out / "test" / f"{mode}-s{s}", mode, chosen[mode]["lr"],
-                                        s, recipe, corpus, "test") for s in args.seeds]
+            results = [next(trained) for _ in args.seeds]
             source = f"lr {chosen[mode]['lr']} " + ("chosen on val" if chosen[mode]["tried"] else "fixed a priori")
         tops = [round(r["metrics"]["top1"], 4) for r in results]
         rows[mode] = {"top1": tops, "source": source,
                       "gain": gain_interval([correct(r) for r in results], base_correct)}
 
-    print(f"\n| mode | top-1 % (seeds) | gain vs base, 95 % interval | recipe |\n|---|---|---|---|")
+    print("\n| mode | top-1 % (seeds) | gain vs base, 95 % interval | recipe |\n|---|---|---|---|")
     for mode, row in rows.items():
         mean = 100 * sum(row["top1"]) / len(row["top1"])
         if "gain" not in row:

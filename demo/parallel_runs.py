@@ -60,16 +60,16 @@ def _tail(path: Path, lines: int = 5) -> str:
         return "(no log)"
 
 
-def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> None:
+def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> dict[str, float]:
     """Run ``jobs``, ``slots`` at a time, each ``react ARGV`` in a child process whose BLAS and
     OpenMP pools have ``threads`` threads (pass ``--threads`` in a customize ARGV for torch's);
     its output goes to ``logs/NAME.log``. A failed run stops the others and raises one line
-    naming it and its log."""
+    naming it and its log. Returns each job's wall seconds."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    pending, running = list(jobs), {}
+    pending, running, started, walls = list(jobs), {}, {}, {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         bars = {job.name: progress.add_task(f"customize {job.name}", total=job.steps, start=False) for job in jobs}
@@ -80,7 +80,7 @@ def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> None:
                     log = open(logs / f"{job.name}.log", "w")
                     proc = subprocess.Popen([sys.executable, "-m", "react", *job.argv], stdout=log,
                                             stderr=subprocess.STDOUT, env=env)
-                    running[job.name] = (job, proc, log)
+                    running[job.name], started[job.name] = (job, proc, log), time.time()
                     progress.start_task(bars[job.name])
                 time.sleep(POLL_S)
                 for name, (job, proc, log) in list(running.items()):
@@ -89,6 +89,7 @@ def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> None:
                         continue
                     log.close()
                     del running[name]
+                    walls[name] = round(time.time() - started[name], 1)
                     if proc.returncode != 0:
                         raise ReactError(f"demo step failed: react {' '.join(job.argv)} (exit {proc.returncode}; "
                                          f"log {logs / f'{name}.log'}: {_tail(logs / f'{name}.log')})")
@@ -98,3 +99,4 @@ def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> None:
                 proc.terminate()
                 proc.wait()
                 log.close()
+    return walls
