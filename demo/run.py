@@ -58,12 +58,14 @@ def _step(name: str, argv: list[str], timings: dict[str, float]) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from demo.customize_runs import random_subset, react_effect
+    from demo.parallel_runs import plan_slots
     from demo.shaping import alias_retrieval, coverage_line, example_retrieval, link_rot, task_args
     from demo.transfer import dense_gains, evaluate, evaluation_suite, report, transfer_suite, transfer_summary
     from downstream.report.headline import dense_lines
     from downstream.suite import task_dataset
     from react.embedded.corpus import fetch_embedded
 
+    plan_slots(args.parallel_runs)  # a bad --parallel-runs fails now, not after the base is trained
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -80,3 +80,11 @@ def test_slots_default_to_the_cpus_and_refuse_zero(monkeypatch):
     assert plan_slots(None)[0] == 1
     with pytest.raises(ReactError, match="--parallel-runs 0"):
         plan_slots(0)
+
+
+def test_demo_refuses_zero_parallel_runs_before_doing_anything(tmp_path, capsys):
+    from react.cli import run
+
+    assert run(["demo", "--out", str(tmp_path / "demo"), "--parallel-runs", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --parallel-runs 0: give 1 or more"]
+    assert not (tmp_path / "demo").exists()
