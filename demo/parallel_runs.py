@@ -53,6 +53,11 @@ def _last_step(run_dir: Path) -> int:
         return 0
 
 
+def _log_path(logs: Path, name: str) -> Path:
+    """LOGS/NAME.log, with a run name's path separators flattened (sweeps name runs MODE/RECIPE)."""
+    return logs / f"{name.replace('/', '_')}.log"
+
+
 def _tail(path: Path, lines: int = 5) -> str:
     try:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
@@ -63,7 +68,7 @@ def _tail(path: Path, lines: int = 5) -> str:
 def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> dict[str, float]:
     """Run ``jobs``, ``slots`` at a time, each ``react ARGV`` in a child process whose BLAS and
     OpenMP pools have ``threads`` threads (pass ``--threads`` in a customize ARGV for torch's);
-    its output goes to ``logs/NAME.log``. A failed run stops the others and raises one line
+    its output goes to ``logs/NAME.log`` (``/`` in NAME becomes ``_``). A failed run stops the others and raises one line
     naming it and its log. Returns each job's wall seconds."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -77,7 +82,7 @@ def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> dict[
             while pending or running:
                 while pending and len(running) < slots:
                     job = pending.pop(0)
-                    log = open(logs / f"{job.name}.log", "w")
+                    log = open(_log_path(logs, job.name), "w")
                     proc = subprocess.Popen([sys.executable, "-m", "react", *job.argv], stdout=log,
                                             stderr=subprocess.STDOUT, env=env)
                     running[job.name], started[job.name] = (job, proc, log), time.time()
@@ -91,8 +96,9 @@ def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> dict[
                     del running[name]
                     walls[name] = round(time.time() - started[name], 1)
                     if proc.returncode != 0:
+                        path = _log_path(logs, name)
                         raise ReactError(f"demo step failed: react {' '.join(job.argv)} (exit {proc.returncode}; "
-                                         f"log {logs / f'{name}.log'}: {_tail(logs / f'{name}.log')})")
+                                         f"log {path}: {_tail(path)})")
                     progress.update(bars[name], completed=job.steps)
         finally:
             for job, proc, log in running.values():  # a failure or Ctrl-C: stop the rest, keep their checkpoints

@@ -29,17 +29,17 @@ def test_runs_are_scored_reused_and_retrained_when_their_options_change(tiny_mod
 
     shards = str(_write_shards(tmp_path / "shards"))
     common = ["--steps", "2", "--batch-size", "4", "--device", "cpu"]
-    runs = [["a", shards, *common, "--seed", "0"], ["b", shards, *common, "--seed", "1"]]
+    runs = [["m/a", shards, *common, "--seed", "0"], ["b", shards, *common, "--seed", "1"]]  # a sweep names runs MODE/RECIPE
     out = tmp_path / "sweep"
     rows = score_runs(str(tiny_model_dir), stamp_corpus, ["stamps"], runs, out, parallel=2)
-    assert [r["name"] for r in rows] == ["base", "a", "b"]
+    assert [r["name"] for r in rows] == ["base", "m/a", "b"]
     assert all(0 <= r["top1"] <= 1 for r in rows) and rows[0]["images"] == {"stamps": 3}  # the val half only
-    assert [r["name"] for r in _lines(out)] == ["a", "b"] and (out / "logs" / "a.log").is_file()
+    assert [r["name"] for r in _lines(out)] == ["m/a", "b"] and (out / "logs" / "m_a.log").is_file()
 
     again = score_runs(str(tiny_model_dir), stamp_corpus, ["stamps"], runs, out, parallel=2)
     assert again[1:] == rows[1:] and len(_lines(out)) == 2  # read back, nothing trained
 
     runs[1] = ["b", shards, *common, "--seed", "2"]
     changed = score_runs(str(tiny_model_dir), stamp_corpus, ["stamps"], runs, out, parallel=1)
-    assert [r["name"] for r in _lines(out)] == ["a", "b", "b"]
+    assert [r["name"] for r in _lines(out)] == ["m/a", "b", "b"]
     assert changed[1] == rows[1] and changed[2]["options"].endswith("--seed 2")
