@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -68,13 +69,15 @@ def _tail(path: Path, lines: int = 5) -> str:
 def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> dict[str, float]:
     """Run ``jobs``, ``slots`` at a time, each ``react ARGV`` in a child process whose BLAS and
     OpenMP pools have ``threads`` threads (pass ``--threads`` in a customize ARGV for torch's);
-    its output goes to ``logs/NAME.log`` (``/`` in NAME becomes ``_``). A failed run stops the others and raises one line
-    naming it and its log. Returns each job's wall seconds."""
+    its output goes to ``logs/NAME.log`` (``/`` in NAME becomes ``_``). A failed run stops the
+    others and raises one line naming it and its log; so do Ctrl-C and SIGTERM (re-raised).
+    Returns each job's wall seconds."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     pending, running, started, walls = list(jobs), {}, {}, {}
+    previous = _exit_on_sigterm()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         bars = {job.name: progress.add_task(f"customize {job.name}", total=job.steps, start=False) for job in jobs}
@@ -105,4 +108,18 @@ def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> dict[
                 proc.terminate()
                 proc.wait()
                 log.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     return walls
+
+
+def _exit_on_sigterm():
+    """Make SIGTERM (a job scheduler's stop, ``timeout``) unwind like Ctrl-C, so the children are
+    stopped too rather than left training; returns the handler to restore (None off the main thread)."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        return None

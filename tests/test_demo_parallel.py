@@ -71,6 +71,31 @@ def _processes() -> dict[str, str]:
     return found
 
 
+def test_sigterm_to_the_parent_stops_its_runs(tiny_model_dir, tmp_path):
+    """A scheduler's stop (or ``timeout``) sends SIGTERM to the parent only: its runs must not train on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_customize import _write_shards
+
+    shards = _write_shards(tmp_path / "shards")
+    slow = _argv(tiny_model_dir, shards, tmp_path / "slow", 0)
+    slow[slow.index("--steps") + 1] = "100000"
+    script = ("import sys; from pathlib import Path; from demo.parallel_runs import Job, run_parallel; "
+              f"run_parallel([Job('slow', {slow!r}, Path({str(tmp_path / 'slow')!r}), 100000)], 1, 1, "
+              f"Path({str(tmp_path / 'logs')!r}))")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1])
+    deadline = time.time() + 120
+    while not (tmp_path / "slow" / "log.jsonl").is_file():  # the child is training
+        assert time.time() < deadline and parent.poll() is None
+        time.sleep(0.5)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not [cmd for cmd in _processes().values() if str(tmp_path / "slow") in cmd]
+
+
 def test_slots_default_to_the_cpus_and_refuse_zero(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     slots, threads = plan_slots(None)
