@@ -180,7 +180,10 @@ def check_resume(root: Path, plan: dict) -> None:
     interrupted one) names another model, count or part size than ``plan``."""
     for name in (EMBED_JSON, EMBED_PLAN):
         manifest = _read_manifest(root, name) or {}
-        for field in RESUME_FIELDS:
+        fields = RESUME_FIELDS
+        if str(plan["model_id"]).startswith("sha256:") and manifest.get("model_id") == plan["model_id"]:
+            fields = tuple(f for f in RESUME_FIELDS if f != "model")  # the same weights, copied or moved
+        for field in fields:
             if manifest.get(field, plan[field]) != plan[field]:
                 raise ReactError(f"cannot resume {root}: its {field} is {manifest.get(field)!r} ({name}), "
                                  f"this run's is {plan[field]!r} (use --overwrite)")

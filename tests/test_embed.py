@@ -234,7 +234,11 @@ def test_resume_after_interrupted_first_run_refuses_another_models_parts(tiny_mo
     err = capsys.readouterr().err.strip()
     assert "cannot resume" in err and "model" in err and "\n" not in err
     assert not (out / "embed.json").exists()
-    # The same model resumes, keeps part 0, and the final manifest replaces the plan.
-    assert run(argv + ["--model", str(tiny_model_dir), "--resume"]) == 0
+    # The same model resumes, keeps part 0, and the final manifest replaces the plan -- also from
+    # another path (a copied model folder: same weights, same identity).
+    import shutil
+
+    copied = shutil.copytree(tiny_model_dir, tmp_path / "copied")
+    assert run(argv + ["--model", str(copied), "--resume"]) == 0
     assert check_embeddings(out)["count"] == N
     assert not any(p.name.startswith("embed.") and p.name != "embed.json" for p in out.iterdir())
