@@ -16,7 +16,8 @@ from react.schemas import CORPUS_MANIFEST, write_text
 
 # report labels of the customization variants (demo.customize_runs.VARIANTS)
 _LABELS = {"gated": "gated-image", "random": "random-subset"}
-RETRIEVE_MODE = "t2t"
+# chosen on the validation halves by benchmarks/recipe_sweep.py for the mosaic base (docs/recipe_sweep_mosaic.json)
+RETRIEVE_MODE = "t2i"
 HELDOUT = "heldout"  # the exclusion set naming the held-out task (both its validation and test halves)
 # Every evaluation set whose images the corpus could hold copies of: the held-out stamps and the
 # suite's Open Clip Art task (Tux Paint redraws some clip art). The Twemoji task is left in on
