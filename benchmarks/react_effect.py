@@ -20,7 +20,6 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -97,10 +96,10 @@ def score_runs(base_dir: str, corpus: Path, task_names: Sequence[str], runs: lis
     if reused:
         print(f"reused from {out / 'results.jsonl'}: {', '.join(reused)}", flush=True)
     todo = [[name, shards, *options] for name, shards, *options in runs if name not in reused]
-    slots, threads = plan_slots(parallel)
+    slots, _ = plan_slots(parallel)
     for start in range(0, len(todo), slots):  # a chunk at a time, so every finished run is saved
         chunk = todo[start:start + slots]
-        walls = _train(chunk, base_dir, out, slots, threads)
+        walls = _train(chunk, base_dir, out, parallel)
         for name, shards, *options in chunk:
             run_dir = out / name
             scored = score(load_model(str(run_dir), device="cpu"))
@@ -115,24 +114,16 @@ def score_runs(base_dir: str, corpus: Path, task_names: Sequence[str], runs: lis
     return rows
 
 
-def _train(chunk: list[list[str]], base_dir: str, out: Path, slots: int, threads: int) -> dict[str, float]:
-    """``react customize`` of every run in ``chunk``, at once when there are slots; wall seconds by name."""
-    from demo.parallel_runs import Job, run_parallel
-    from react.cli import run
+def _train(chunk: list[list[str]], base_dir: str, out: Path, parallel: int | None) -> dict[str, float]:
+    """``react customize`` of every run in ``chunk`` (at once when there are slots); wall seconds by name."""
+    from demo.parallel_runs import Job, run_jobs
 
-    argvs = {name: ["customize", "--base", base_dir, "--train-data", shards, "--out", str(out / name), "--overwrite",
-                    "--log-every", "10", *options] for name, shards, *options in chunk}
-    if len(chunk) > 1:
-        steps = {name: int(a[a.index("--steps") + 1]) if "--steps" in a else 0 for name, a in argvs.items()}
-        return run_parallel([Job(name, a + ["--threads", str(threads)], out / name, steps[name])
-                             for name, a in argvs.items()], slots, threads, out / "logs")
-    walls = {}
-    for name, argv in argvs.items():
-        started = time.time()
-        if run(argv) != 0:
-            raise SystemExit(f"failed: react {' '.join(argv)}")
-        walls[name] = round(time.time() - started, 1)
-    return walls
+    jobs = []
+    for name, shards, *options in chunk:
+        argv = ["customize", "--base", base_dir, "--train-data", shards, "--out", str(out / name), "--overwrite",
+                "--log-every", "10", *options]
+        jobs.append(Job(name, argv, out / name, int(argv[argv.index("--steps") + 1]) if "--steps" in argv else 0))
+    return run_jobs(jobs, parallel, out / "logs")["walls"]
 
 
 if __name__ == "__main__":

@@ -46,9 +46,8 @@ def _train_and_score(cells: list[tuple[Path, str, str, int]], base: str, shards:
                      corpus: str, split: str, parallel: int | None, logs: Path) -> list[dict]:
     """Each cell ``(run_dir, mode, lr, seed)`` trained (``parallel`` runs at once, demo.parallel_runs)
     unless already scored, then scored zero-shot on ``split``; the results in the cells' order."""
-    from demo.parallel_runs import Job, plan_slots, run_parallel
+    from demo.parallel_runs import Job, run_jobs
 
-    slots, threads = plan_slots(parallel)
     steps = int(recipe[recipe.index("--steps") + 1])
     jobs = []
     for run_dir, mode, lr, seed in cells:
@@ -58,12 +57,8 @@ def _train_and_score(cells: list[tuple[Path, str, str, int]], base: str, shards:
         again = ["--resume"] if run_dir.exists() else []
         argv = ["customize", "--base", base, "--train-data", shards, "--out", str(run_dir), *again,
                 "--mode", mode, "--lr", lr, "--seed", str(seed), "--log-every", "10", *recipe]
-        jobs.append(Job(f"{run_dir.parent.name}-{run_dir.name}", argv + ["--threads", str(threads)], run_dir, steps))
-    if slots > 1 and len(jobs) > 1:
-        run_parallel(jobs, slots, threads, logs)
-    else:
-        for job in jobs:
-            _react(job.argv[:-2])
+        jobs.append(Job(f"{run_dir.parent.name}-{run_dir.name}", argv, run_dir, steps))
+    run_jobs(jobs, parallel, logs)
     results = []
     for run_dir, *_ in cells:
         result = run_dir / f"zeroshot_{split}.json"

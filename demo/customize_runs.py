@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -128,24 +127,17 @@ def run_customizations(step: Callable[[str, list[str]], None], runs: list[Planne
     child processes (demo.parallel_runs); then each is marked reusable. Returns how the
     runs went in parallel (their wall time: the demo's timings), or None."""
     from customize.checkpoint import read_run, write_run
-    from demo.parallel_runs import Job, plan_slots, run_parallel
+    from demo.parallel_runs import Job, run_jobs
 
     todo = [r for r in runs if r.state != "done"]
     flag = {"resume": ["--resume"], "new": ["--overwrite"]}
-    slots, threads = plan_slots(parallel)
+    ran = run_jobs([Job(r.run_dir.name, r.argv + flag[r.state], r.run_dir, r.steps) for r in todo], parallel, logs,
+                   in_process=lambda job: step(f"customize {job.name}", job.argv))
     parallel_info = None
-    if slots > 1 and len(todo) > 1:
-        started = time.time()
-        extra = ["--threads", str(threads)]  # not in the run's key: it changes only float rounding
-        run_parallel([Job(r.run_dir.name, r.argv + flag[r.state] + extra, r.run_dir, r.steps) for r in todo],
-                     slots, threads, logs)
-        parallel_info = {"runs": len(todo), "at_once": slots, "threads": threads,
-                         "seconds": round(time.time() - started, 1), "logs": str(logs)}
-        console.print(f"{len(todo)} customizations, {slots} at once with {threads} thread(s) each: "
-                      f"{parallel_info['seconds']:.0f} s (logs in {logs})", highlight=False)
-    else:
-        for r in todo:
-            step(f"customize {r.run_dir.name}", r.argv + flag[r.state])
+    if ran["parallel"]:
+        parallel_info = {"runs": len(todo), "logs": str(logs)} | {k: ran[k] for k in ("at_once", "threads", "seconds")}
+        console.print(f"{len(todo)} customizations, {ran['at_once']} at once with {ran['threads']} thread(s) each: "
+                      f"{ran['seconds']:.0f} s (logs in {logs})", highlight=False)
     for r in todo:
         info = read_run(r.run_dir)
         info["demo_key"] = r.key  # what makes a later demo reuse it

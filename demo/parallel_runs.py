@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from react.errors import ReactError
 from react.progress import console
@@ -100,7 +101,7 @@ def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> dict[
                     walls[name] = round(time.time() - started[name], 1)
                     if proc.returncode != 0:
                         path = _log_path(logs, name)
-                        raise ReactError(f"demo step failed: react {' '.join(job.argv)} (exit {proc.returncode}; "
+                        raise ReactError(f"run failed: react {' '.join(job.argv)} (exit {proc.returncode}; "
                                          f"log {path}: {_tail(path)})")
                     progress.update(bars[name], completed=job.steps)
         finally:
@@ -111,6 +112,37 @@ def run_parallel(jobs: list[Job], slots: int, threads: int, logs: Path) -> dict[
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
     return walls
+
+
+def _run_in_process(job: Job) -> None:
+    from react.cli import run
+
+    if run(job.argv) != 0:
+        raise ReactError(f"run failed: react {' '.join(job.argv)}")
+
+
+def run_jobs(jobs: list[Job], parallel: int | None, logs: Path,
+             in_process: Callable[[Job], None] = _run_in_process) -> dict:
+    """Run ``jobs`` (``react customize`` command lines without ``--threads``) the way
+    ``--parallel-runs`` asks: several at once in child processes when there is more than
+    one slot and more than one job, each given ``--threads`` (a run's key leaves it out:
+    it changes only float rounding); otherwise one after the other through ``in_process``.
+    Returns {"walls": {name: seconds}, "parallel": whether they ran at once, "at_once": slots,
+    "threads": threads per child, "seconds": total}."""
+    slots, threads = plan_slots(parallel)
+    started = time.time()
+    walls: dict[str, float] = {}
+    at_once = slots > 1 and len(jobs) > 1
+    if at_once:
+        extra = ["--threads", str(threads)]
+        walls = run_parallel([Job(j.name, j.argv + extra, j.run_dir, j.steps) for j in jobs], slots, threads, logs)
+    else:
+        for job in jobs:
+            t0 = time.time()
+            in_process(job)
+            walls[job.name] = round(time.time() - t0, 1)
+    return {"walls": walls, "parallel": at_once, "at_once": slots, "threads": threads,
+            "seconds": round(time.time() - started, 1)}
 
 
 def _exit_on_sigterm():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from demo.parallel_runs import Job, plan_slots, run_parallel
+from demo.parallel_runs import Job, plan_slots, run_jobs, run_parallel
 from react.errors import ReactError
 
 
@@ -31,9 +31,10 @@ def test_runs_at_once_match_the_same_runs_one_after_the_other(tiny_model_dir, tm
     from react.cli import run
 
     shards = _write_shards(tmp_path / "shards")
-    jobs = [Job(f"s{seed}", _argv(tiny_model_dir, shards, tmp_path / "par" / f"s{seed}", seed) + ["--threads", "1"],
+    jobs = [Job(f"s{seed}", _argv(tiny_model_dir, shards, tmp_path / "par" / f"s{seed}", seed),
                 tmp_path / "par" / f"s{seed}", 3) for seed in range(3)]
-    run_parallel(jobs, slots=2, threads=1, logs=tmp_path / "logs")
+    ran = run_jobs(jobs, parallel=2, logs=tmp_path / "logs")
+    assert ran["parallel"] and ran["at_once"] == 2 and set(ran["walls"]) == {"s0", "s1", "s2"}
     for seed in range(3):
         assert run(_argv(tiny_model_dir, shards, tmp_path / "seq" / f"s{seed}", seed)) == 0
         parallel, alone = _weights(tmp_path / "par" / f"s{seed}"), _weights(tmp_path / "seq" / f"s{seed}")
@@ -46,6 +47,17 @@ def test_runs_at_once_match_the_same_runs_one_after_the_other(tiny_model_dir, tm
     assert any(not torch.equal(s0[k], s1[k]) for k in s0)
 
 
+def test_one_slot_or_one_job_runs_in_this_process_without_threads(tmp_path):
+    seen: list[list[str]] = []
+    jobs = [Job(f"j{i}", ["customize", "--out", str(tmp_path / f"j{i}")], tmp_path / f"j{i}", 1) for i in range(2)]
+    ran = run_jobs(jobs, parallel=1, logs=tmp_path / "logs", in_process=lambda job: seen.append(job.argv))
+    assert not ran["parallel"] and seen == [j.argv for j in jobs] and set(ran["walls"]) == {"j0", "j1"}
+    seen.clear()
+    run_jobs(jobs[:1], parallel=2, logs=tmp_path / "logs", in_process=lambda job: seen.append(job.argv))
+    assert seen == [jobs[0].argv]  # a lone job gains nothing from a child process
+    assert not (tmp_path / "logs").exists()
+
+
 def test_a_failed_run_is_named_with_its_log_and_stops_the_others(tiny_model_dir, tmp_path):
     from test_customize import _write_shards
 
@@ -54,7 +66,7 @@ def test_a_failed_run_is_named_with_its_log_and_stops_the_others(tiny_model_dir,
     slow[slow.index("--steps") + 1] = "100000"
     bad = _argv(tmp_path / "no-such-base", shards, tmp_path / "bad", 0)
     jobs = [Job("slow", slow, tmp_path / "slow", 100000), Job("bad", bad, tmp_path / "bad", 3)]
-    with pytest.raises(ReactError, match=r"demo step failed: react customize .*no-such-base.*exit 2; log .*bad\.log"):
+    with pytest.raises(ReactError, match=r"run failed: react customize .*no-such-base.*exit 2; log .*bad\.log"):
         run_parallel(jobs, slots=2, threads=1, logs=tmp_path / "logs")
     # the slow run was stopped, not left running
     assert not [cmd for cmd in _processes().values() if str(tmp_path / "slow") in cmd]
