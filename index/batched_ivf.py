@@ -22,7 +22,18 @@ against the list's codes converted to float, plus a per-query constant (and
 ``q . centroid`` when codes are residuals). That is the arithmetic faiss does,
 reordered, so the answers again equal ``index.search`` up to float rounding;
 at 10M rows it turns the SQ8 scan, which was faiss' per-query kernel reading
-every probed list once per query, into one read of each list per batch. Per-query top-k is kept in faiss heaps
+every probed list once per query, into one read of each list per batch.
+
+``int8=True`` (search parameter ``scan: int8``) scores SQ8 lists in integers instead:
+each scaled query ``q'`` is rounded to int8 with its own scale ``s`` (``max |q'| / 127``),
+the codes are shifted to int8 (``c - 128``, one XOR), and ``q' . c`` becomes ``s (q8 .
+(c - 128)) + 128 sum(q')``, one int8 GEMM with int32 sums (``torch._int_mm``: AMX / VNNI
+where the CPU has them). The list never goes through a float copy, which is most of the
+float path's time. Scores differ from faiss' by the query's rounding (about 4e-4 in
+cosine at d=512, the size of SQ8's own error), so the answers are no longer faiss'
+exactly: the tuner measures this variant's recall like any other.
+
+Per-query top-k is kept in faiss heaps
 (``HeapArray.addn_query_subset_with_ids``, C++); with ``threads > 1`` lists are
 shared out dynamically to that many Python threads (numpy and faiss release the
 GIL), each with its own heaps and a single-threaded BLAS, merged at the end.
@@ -48,9 +59,10 @@ _CHUNK = 32  # lists handed to a worker at a time
 class _Lists:
     """How to score one inverted list of ``ivf`` against a block of queries."""
 
-    def __init__(self, ivf: faiss.IndexIVF, x: np.ndarray) -> None:
+    def __init__(self, ivf: faiss.IndexIVF, x: np.ndarray, int8: bool = False) -> None:
         self.ivf, self.d = ivf, ivf.d
         self.sq = type(ivf) is faiss.IndexIVFScalarQuantizer
+        self.int8 = False
         if not self.sq:
             self.x, self.const, self.centroids = x, None, None
             return
@@ -60,6 +72,40 @@ class _Lists:
         self.const = (x @ np.broadcast_to(vmin, (self.d,)) + 0.5 * self.x.sum(axis=1)).astype(np.float32)
         self.q = x
         self.centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist) if ivf.by_residual else None
+        if int8:
+            import torch
+
+            self.int8 = True
+            scale = np.maximum(np.abs(self.x).max(axis=1), np.finfo(np.float32).tiny) / 127.0
+            self.q8 = torch.from_numpy(np.rint(self.x / scale[:, None]).astype(np.int8))
+            self.scale = torch.from_numpy(scale.astype(np.float32))
+            self.const8 = self.const + 128.0 * self.x.sum(axis=1, dtype=np.float64).astype(np.float32)
+
+    def scratch(self, rows: int):
+        """One worker's buffer for a widened (float) or shifted (int8) list of up to ``rows`` codes."""
+        if not self.sq:
+            return None
+        if self.int8:
+            import torch
+
+            return torch.empty((rows, self.d), dtype=torch.uint8)
+        return np.empty((rows, self.d), np.float32)
+
+    def scores_int8(self, l: int, qi: np.ndarray, codes, n_l: int, buf) -> np.ndarray:
+        import torch
+
+        shifted = buf[:n_l]
+        torch.bitwise_xor(torch.from_numpy(faiss.rev_swig_ptr(codes, n_l * self.d).reshape(n_l, self.d)), 128,
+                          out=shifted)
+        qt = torch.from_numpy(qi)
+        dots = torch._int_mm(shifted.view(torch.int8), self.q8[qt].T.contiguous())  # [n_l, m] int32, exact
+        bias = self.const8[qi]
+        if self.centroids is not None:
+            bias = bias + self.q[qi] @ self.centroids[l]
+        s = torch.empty((len(qi), n_l), dtype=torch.float32)  # C order: what faiss' heaps read
+        torch.mul(dots.T, self.scale[qt][:, None], out=s)
+        s += torch.from_numpy(bias)[:, None]
+        return s.numpy()
 
     def scores(self, l: int, qi: np.ndarray, codes, n_l: int, buf: np.ndarray) -> np.ndarray:
         """[len(qi), n_l] scores of list ``l``. ``buf``: this thread's float32 scratch, [>= n_l, d].
@@ -69,6 +115,8 @@ class _Lists:
         faster than ``Q @ X_l^T``. SQ8 codes are widened into the reused
         scratch rather than a fresh array, whose allocation page-faults its
         5 MB on every list."""
+        if self.int8:
+            return self.scores_int8(l, qi, codes, n_l, buf)
         if not self.sq:
             xl = faiss.rev_swig_ptr(codes, n_l * self.d * 4).view(np.float32).reshape(n_l, self.d)
             return np.ascontiguousarray((xl @ self.x[qi].T).T)
@@ -137,7 +185,8 @@ _SET_BLAS_LOCAL = _openblas_local_threads()
 
 
 def batched_ivf_search(
-    index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None = None, threads: int | None = None
+    index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None = None, threads: int | None = None,
+    int8: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner-product search of ``queries`` [nq, d] probing ``nprobe`` lists each.
 
@@ -148,6 +197,7 @@ def batched_ivf_search(
     ``faiss.omp_get_max_threads()``. Returns (scores [nq, k] float32, descending;
     ids [nq, k] int64, the index's ids), padded with (-3.4e38, -1) when fewer than
     ``k`` vectors were scanned -- the same as ``index.search`` with ``nprobe``.
+    ``int8``: score SQ8 lists with an int8 GEMM (module docstring); ignored for Flat lists.
     """
     ivf, chain = _ivf_ip(index)
     x = np.ascontiguousarray(queries, dtype=np.float32)
@@ -164,7 +214,7 @@ def batched_ivf_search(
     ids = np.full((threads, nq, k), -1, np.int64)
     if nq == 0 or ivf.ntotal == 0:
         return vals[0], ids[0]
-    scan = _Scan(ivf, x, nprobe, vals, ids)
+    scan = _Scan(ivf, x, nprobe, vals, ids, int8)
     if threads == 1:
         scan.work(0)
     else:
@@ -187,7 +237,8 @@ class _Scan:
     (``vals[t]``, ``ids[t]``). Lists are handed out ``_CHUNK`` at a time, biggest
     GEMMs first, to whichever worker asks next."""
 
-    def __init__(self, ivf: faiss.IndexIVF, x: np.ndarray, nprobe: int, vals: np.ndarray, ids: np.ndarray) -> None:
+    def __init__(self, ivf: faiss.IndexIVF, x: np.ndarray, nprobe: int, vals: np.ndarray, ids: np.ndarray,
+                 int8: bool = False) -> None:
         self.vals, self.ids = vals, ids
         self.nq, self.d = x.shape
         self.k = vals.shape[2]
@@ -202,7 +253,7 @@ class _Scan:
         self.sizes = np.array([self.inv.list_size(int(l)) for l in range(ivf.nlist)], dtype=np.int64)
         lists = np.flatnonzero((per_list > 0) & (self.sizes > 0))
         lists = lists[np.argsort(-(per_list[lists] * self.sizes[lists]), kind="stable")]  # big GEMMs first
-        self.scorer = _Lists(ivf, x)
+        self.scorer = _Lists(ivf, x, int8)
         self.chunks = [lists[i:i + _CHUNK] for i in range(0, len(lists), _CHUNK)]
         self.next_chunk = itertools.count().__next__  # atomic under the GIL
         self.errors: list[BaseException] = []
@@ -213,11 +264,21 @@ class _Scan:
         heap = faiss.float_minheap_array_t()  # min-heap of the k largest scores
         heap.nh, heap.k = self.nq, self.k
         heap.val, heap.ids = faiss.swig_ptr(self.vals[t]), faiss.swig_ptr(self.ids[t])
-        buf = np.empty((int(sizes.max()) if self.scorer.sq else 0, self.d), np.float32)
+        buf = self.scorer.scratch(int(sizes.max()))
         # one BLAS thread per worker: multi-threaded OpenBLAS on these small GEMMs is slower
         blas_before = _SET_BLAS_LOCAL(1) if _SET_BLAS_LOCAL is not None else None
-        if self.threads > 1:
-            faiss.omp_set_num_threads(1)  # thread-local in libgomp for a non-OpenMP thread
+        # faiss' heap update opens an OpenMP team above 100k scores, which on a busy machine cost
+        # ~60 ns a score instead of 0.5 (2 threads, 50 x 2,500 scores); so would torch's int8 GEMM.
+        # Both set the calling thread's OpenMP count (torch and faiss may share one libgomp, so
+        # both counts are read before either is set, and restored for a calling thread).
+        torch = None
+        if self.scorer.int8:
+            import torch
+        omp_before = faiss.omp_get_max_threads()
+        torch_before = torch.get_num_threads() if torch else None
+        faiss.omp_set_num_threads(1)
+        if torch:
+            torch.set_num_threads(1)
         try:
             while (c := self.next_chunk()) < len(self.chunks):
                 for l in self.chunks[c]:
@@ -235,3 +296,6 @@ class _Scan:
         finally:
             if blas_before is not None:
                 _SET_BLAS_LOCAL(blas_before)
+            if torch:
+                torch.set_num_threads(torch_before)
+            faiss.omp_set_num_threads(omp_before)

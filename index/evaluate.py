@@ -18,7 +18,7 @@ from index.exact import recall_at
 from index.factory import knob_grid, with_knob
 from index.query import QuerySet
 from index.searcher import _Modality, read_faiss, read_manifest
-from index.tune import bind, default_queries, ground_truth, load_queries, timed
+from index.tune import default_queries, ground_truth, load_queries, timed
 from index.vectors import EmbeddingFolder
 from react.errors import ReactError
 from react.progress import console

@@ -2,13 +2,16 @@
 at build time is the recall users get.
 
 Beyond faiss' own knobs (``efSearch``, ``nprobe``, ``quantizer_efSearch``) a
-search plan may carry two of ours:
+search plan may carry three of ours:
 
 - ``shift``: for text queries against an image index, move the query by the
   corpus' mean image-minus-text offset (the modality gap) before the graph or
   coarse quantizer sees it; the answer is then re-scored with the original query.
 - ``rerank``: fetch ``rerank x k`` candidates and re-score them exactly with the
   stored vectors before cutting to ``k``.
+- ``scan``: ``"int8"`` scores an IVF-SQ8 index's lists with an int8 GEMM in batched
+  searches (``index.batched_ivf``); ``"float"`` (the default) with faiss' own arithmetic.
+  Batches too small for the list-major scan, and other index types, use faiss' scan.
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from index import batched_ivf
 from index.exact import drop_excluded
 from index.factory import as_float32, set_search_params
 from react.errors import ReactError
+
+
+SCANS = ("float", "int8")
 
 
 @dataclass
@@ -90,11 +96,14 @@ def search(
     if k <= 0 or len(queries) == 0:
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
     set_search_params(index, params)
+    scan = params.get("scan", "float")
+    if scan not in SCANS:
+        raise ReactError(f"search parameter scan={scan!r}: use one of {', '.join(SCANS)}")
     rerank = max(1, int(params.get("rerank", 1)))
     shifted = bool(params.get("shift")) and shift is not None
     probe = normalize(queries + shift) if shifted else queries
     fetch = min((k + extra) * rerank, index.ntotal)
-    scores, found = _ann(index, probe, fetch)
+    scores, found = _ann(index, probe, fetch, int8=scan == "int8")
     if (rerank > 1 or shifted) and stored is not None:
         scores, found = _rescore(queries, found, stored)
     elif shifted:
@@ -106,11 +115,12 @@ def search(
     return scores, rows
 
 
-def _ann(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """faiss' search, or for a batch over an IVF-Flat index the list-major GEMM
-    search, which scans exactly the same candidates (same scores, same rows)."""
+def _ann(index: faiss.Index, queries: np.ndarray, k: int, int8: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """faiss' search, or for a batch over an IVF-Flat/SQ8 index the list-major GEMM
+    search, which scans exactly the same candidates (same scores up to rounding,
+    same rows; with ``int8``, SQ8 scores rounded as batched_ivf says)."""
     if len(queries) >= batched_ivf.MIN_QUERIES and batched_ivf.supports(index):
-        return batched_ivf.batched_ivf_search(index, queries, k)
+        return batched_ivf.batched_ivf_search(index, queries, k, int8=int8)
     return index.search(queries, k)
 
 

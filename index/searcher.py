@@ -27,7 +27,7 @@ from index.metadata import RowMetadata
 from index.query import normalize, reconstructor, search
 from index.vectors import EmbeddingFolder
 from react.errors import ReactError
-from react.schemas import INDEX_FORMAT, INDEX_JSON, index_file, index_ids_file, ivfdata_file
+from react.schemas import INDEX_FORMAT, INDEX_JSON, index_ids_file, ivfdata_file
 
 
 def read_manifest(index_dir: str | os.PathLike) -> dict:

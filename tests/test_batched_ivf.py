@@ -107,3 +107,52 @@ def test_index_search_takes_the_batched_path_for_batches(index, data) -> None:
     _check_same(Dr, Ir, Ds, Is)
     D1, I1 = search(index, xq[:1], K, {"nprobe": 8})  # one query: faiss' own scan
     _check_same(Dr[:1], Ir[:1], D1, I1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_scan_of_sq8_lists_rounds_only_the_query(index, data, threads) -> None:
+    """``int8=True``: SQ8 lists scored in integers. The scores move by the query's rounding only
+    (far less than the gap between neighbours), so the answers stay faiss' up to near-ties;
+    Flat lists are scored as before. The caller's thread settings are left as they were."""
+    import torch
+
+    _, xq = data
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = 8
+    Dr, Ir = index.search(xq, K)
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    Di, Ii = batched_ivf_search(index, xq, K, 8, threads=threads, int8=True)
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    if type(faiss.downcast_index(ivf)) is faiss.IndexIVFFlat:
+        _check_same(Dr, Ir, Di, Ii)
+        return
+    assert Di.dtype == np.float32 and Ii.dtype == np.int64 and Di.shape == Dr.shape
+    assert np.all(np.diff(Di, axis=1) <= 0)
+    err = np.abs(Di - Dr)
+    assert 0 < err.max() < 5e-3  # rounded (so the int8 path ran), and by little
+    overlap = np.mean([len(np.intersect1d(Ii[i], Ir[i])) / K for i in range(len(Ir))])
+    assert overlap > 0.97
+    # the same answers whichever thread scored a list
+    D1, I1 = batched_ivf_search(index, xq, K, 8, threads=1, int8=True)
+    np.testing.assert_allclose(D1, Di, atol=1e-6)
+
+
+def test_scan_is_a_search_parameter(index, data) -> None:
+    from index.query import search
+    from react.errors import ReactError
+
+    _, xq = data
+    Df, If = search(index, xq, K, {"nprobe": 8})
+    Di, Ii = search(index, xq, K, {"nprobe": 8, "scan": "int8"})
+    assert np.mean([len(np.intersect1d(Ii[i], If[i])) / K for i in range(len(If))]) > 0.97
+    with pytest.raises(ReactError, match="scan='fp4'"):
+        search(index, xq, K, {"nprobe": 8, "scan": "fp4"})
+
+
+def test_the_tuner_tries_the_int8_scan_on_ivf_sq8_only() -> None:
+    from index.build import variants
+    from index.factory import Candidate
+
+    assert {"scan": "int8"} in variants(Candidate("IVF4096_HNSW32,SQ8"))
+    assert all("scan" not in v for v in variants(Candidate("HNSW32,SQ8")) + variants(Candidate("IVF64,Flat"))
+               + variants(Candidate("OPQ64_256,IVF1024_HNSW32,PQ64x8")))
