@@ -49,7 +49,7 @@ import threading
 import faiss
 import numpy as np
 
-__all__ = ["batched_ivf_search", "supports"]
+__all__ = ["batched_ivf_scan", "batched_ivf_search", "supports"]
 
 MIN_QUERIES = 32  # below this lists are shared by too few queries for a GEMM to beat faiss' scan
 
@@ -199,6 +199,18 @@ def batched_ivf_search(
     ``k`` vectors were scanned -- the same as ``index.search`` with ``nprobe``.
     ``int8``: score SQ8 lists with an int8 GEMM (module docstring); ignored for Flat lists.
     """
+    scores, ids, _ = batched_ivf_scan(index, queries, k, nprobe, threads, int8)
+    return scores, ids
+
+
+def batched_ivf_scan(
+    index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None = None, threads: int | None = None,
+    int8: bool = False, radius: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """``batched_ivf_search``, and with a ``radius`` also every scanned vector scoring above it,
+    from the same scores: ``(lims [nq + 1], ids)`` as faiss' ``range_search`` returns them
+    (query ``i``'s ids are ``ids[lims[i]:lims[i + 1]]``; within the probed lists, like faiss'
+    own IVF range search, which would scan every probed list a second time, per query)."""
     ivf, chain = _ivf_ip(index)
     x = np.ascontiguousarray(queries, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != index.d:
@@ -213,8 +225,9 @@ def batched_ivf_search(
     vals = np.full((threads, nq, k), -np.finfo(np.float32).max, np.float32)
     ids = np.full((threads, nq, k), -1, np.int64)
     if nq == 0 or ivf.ntotal == 0:
-        return vals[0], ids[0]
-    scan = _Scan(ivf, x, nprobe, vals, ids, int8)
+        empty = (np.zeros(nq + 1, np.int64), np.zeros(0, np.int64)) if radius is not None else None
+        return vals[0], ids[0], empty
+    scan = _Scan(ivf, x, nprobe, vals, ids, int8, radius)
     if threads == 1:
         scan.work(0)
     else:
@@ -225,9 +238,10 @@ def batched_ivf_search(
             th.join()
     if scan.errors:
         raise scan.errors[0]
+    ranges = scan.ranges() if radius is not None else None
     if threads == 1:
-        return vals[0], ids[0]
-    return faiss.merge_knn_results(vals, ids, keep_max=True)
+        return vals[0], ids[0], ranges
+    return (*faiss.merge_knn_results(vals, ids, keep_max=True), ranges)
 
 
 class _Scan:
@@ -238,7 +252,7 @@ class _Scan:
     GEMMs first, to whichever worker asks next."""
 
     def __init__(self, ivf: faiss.IndexIVF, x: np.ndarray, nprobe: int, vals: np.ndarray, ids: np.ndarray,
-                 int8: bool = False) -> None:
+                 int8: bool = False, radius: float | None = None) -> None:
         self.vals, self.ids = vals, ids
         self.nq, self.d = x.shape
         self.k = vals.shape[2]
@@ -257,6 +271,19 @@ class _Scan:
         self.chunks = [lists[i:i + _CHUNK] for i in range(0, len(lists), _CHUNK)]
         self.next_chunk = itertools.count().__next__  # atomic under the GIL
         self.errors: list[BaseException] = []
+        self.radius = radius
+        self.above: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.threads)]  # (query, id)
+
+    def ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every worker's (query, id) pairs above the radius, grouped by query: ``(lims, ids)``."""
+        parts = [pair for per_thread in self.above for pair in per_thread]
+        if not parts:
+            return np.zeros(self.nq + 1, np.int64), np.zeros(0, np.int64)
+        q = np.concatenate([p[0] for p in parts])
+        found = np.concatenate([p[1] for p in parts])
+        order = np.argsort(q, kind="stable")
+        lims = np.concatenate([[0], np.cumsum(np.bincount(q, minlength=self.nq))]).astype(np.int64)
+        return lims, found[order]
 
     def work(self, t: int) -> None:
         """Worker ``t``: takes chunks of lists until none is left; an error is kept for the caller."""
@@ -287,8 +314,12 @@ class _Scan:
                     codes = inv.get_codes(l)
                     qi = qof[start[l]:start[l + 1]]
                     s = self.scorer.scores(l, qi, codes, n_l, buf)
-                    heap.addn_query_subset_with_ids(len(qi), faiss.swig_ptr(qi), n_l, faiss.swig_ptr(s),
-                                                    inv.get_ids(l), 0)
+                    list_ids = inv.get_ids(l)
+                    heap.addn_query_subset_with_ids(len(qi), faiss.swig_ptr(qi), n_l, faiss.swig_ptr(s), list_ids, 0)
+                    if self.radius is not None:
+                        r, c = np.nonzero(s > self.radius)  # faiss' range search keeps scores beyond the radius
+                        if len(r):
+                            self.above[t].append((qi[r], faiss.rev_swig_ptr(list_ids, n_l)[c].copy()))
                     inv.release_codes(l, codes)
             heap.reorder()
         except BaseException as e:  # re-raised in the caller

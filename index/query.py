@@ -90,11 +90,29 @@ def search(
 
     ``ids`` maps faiss ids to global rows when the build skipped rows;
     ``stored(faiss_ids)`` returns exact vectors for re-ranking."""
+    scores, rows, _ = search_range(index, queries, k, params, ids, shift, stored, exclude)
+    return scores, rows
+
+
+def search_range(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    params: dict,
+    ids: np.ndarray | None = None,
+    shift: np.ndarray | None = None,
+    stored: Callable[[np.ndarray], np.ndarray] | None = None,
+    exclude: np.ndarray | None = None,
+    radius: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+    """``search``, plus with a ``radius`` the global rows of every scanned vector scoring above it,
+    per query, when the batched IVF scan answered (it counts them from the scores it computed
+    anyway); None otherwise, and for shifted searches, whose scan scores are not the query's."""
     queries = as_float32(queries)
     extra = 0 if exclude is None else 1
     k = min(k, index.ntotal - extra) if index.ntotal > extra else 0
     if k <= 0 or len(queries) == 0:
-        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), None
     set_search_params(index, params)
     scan = params.get("scan", "float")
     if scan not in SCANS:
@@ -103,7 +121,7 @@ def search(
     shifted = bool(params.get("shift")) and shift is not None
     probe = normalize(queries + shift) if shifted else queries
     fetch = min((k + extra) * rerank, index.ntotal)
-    scores, found = _ann(index, probe, fetch, int8=scan == "int8")
+    scores, found, ranged = _ann(index, probe, fetch, int8=scan == "int8", radius=None if shifted else radius)
     if (rerank > 1 or shifted) and stored is not None:
         scores, found = _rescore(queries, found, stored)
     elif shifted:
@@ -112,16 +130,23 @@ def search(
     rows = np.where(found >= 0, (ids[np.maximum(found, 0)] if ids is not None else found), -1)
     if exclude is not None:
         scores, rows = drop_excluded(scores, rows, exclude, k)
-    return scores, rows
+    ranges = None
+    if ranged is not None:
+        lims, hit = ranged
+        hit = np.asarray(ids)[hit] if ids is not None else hit
+        ranges = [hit[lims[i]:lims[i + 1]] for i in range(len(queries))]
+    return scores, rows, ranges
 
 
-def _ann(index: faiss.Index, queries: np.ndarray, k: int, int8: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _ann(index: faiss.Index, queries: np.ndarray, k: int, int8: bool = False, radius: float | None = None
+         ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     """faiss' search, or for a batch over an IVF-Flat/SQ8 index the list-major GEMM
     search, which scans exactly the same candidates (same scores up to rounding,
-    same rows; with ``int8``, SQ8 scores rounded as batched_ivf says)."""
+    same rows; with ``int8``, SQ8 scores rounded as batched_ivf says), and counts
+    what lies above ``radius`` on the way."""
     if len(queries) >= batched_ivf.MIN_QUERIES and batched_ivf.supports(index):
-        return batched_ivf.batched_ivf_search(index, queries, k, int8=int8)
-    return index.search(queries, k)
+        return batched_ivf.batched_ivf_scan(index, queries, k, int8=int8, radius=radius)
+    return (*index.search(queries, k), None)
 
 
 RESCORE_ROWS = 65536  # stored vectors gathered at once: 128 MiB of float32 at d=512, whatever the batch

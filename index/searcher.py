@@ -24,7 +24,7 @@ import pyarrow as pa
 from index.defaults import K
 from index.factory import Candidate
 from index.metadata import RowMetadata
-from index.query import normalize, reconstructor, search
+from index.query import normalize, reconstructor, search_range
 from index.vectors import EmbeddingFolder
 from react.errors import ReactError
 from react.schemas import INDEX_FORMAT, INDEX_JSON, index_ids_file, ivfdata_file
@@ -179,6 +179,15 @@ class Searcher:
         ``modality`` picks the index (default: image if present); ``params``
         override the tuned search parameters; the modality-gap shift applies
         only to text queries against the image index."""
+        scores, rows, _ = self.search_range(queries, k, modality, params, query_modality)
+        return scores, rows
+
+    def search_range(self, queries: np.ndarray, k: int = K, modality: str | None = None,
+                     params: dict | None = None, query_modality: str = "text", above: float | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+        """``search``, plus per query the rows of every scanned pair scoring above ``above``
+        when the scan that answered could count them on the way (a batch against an
+        inner-product IVF index: index.batched_ivf); None otherwise."""
         if k < 1:
             raise ReactError(f"k must be >= 1, got {k}")
         name = modality or ("image" if "image" in self.modalities else next(iter(self.modalities)))
@@ -195,12 +204,14 @@ class Searcher:
             run.pop("shift", None)
         needs_stored = int(run.get("rerank", 1)) > 1 or bool(run.get("shift"))
         stored = mod.stored(self.embeddings) if needs_stored else None
-        scores, rows = search(mod.index, normalize(queries), k, run, ids=mod.ids, shift=mod.shift, stored=stored)
-        if mod.entry.get("metric") == "l2":
+        l2 = mod.entry.get("metric") == "l2"
+        scores, rows, ranges = search_range(mod.index, normalize(queries), k, run, ids=mod.ids, shift=mod.shift,
+                                            stored=stored, radius=None if l2 else above)
+        if l2:
             # autofaiss can build L2 indices (clip folders); on unit vectors cosine = 1 - d^2 / 2, so
             # scores mean the same as on an inner-product index and the order is unchanged.
             scores = 1.0 - scores / 2.0
-        return scores, rows
+        return scores, rows, ranges
 
     def calibration(self, modality: str) -> dict | None:
         """What similarities mean on this modality index (index.calibration): stored, or computed once."""

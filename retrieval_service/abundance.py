@@ -7,7 +7,10 @@ about. ``Abundance`` collects it while the task's queries are searched:
 
 - **range search** where faiss answers it exhaustively enough to count: Flat
   indices, inverted files (within the probed lists, so an estimate at
-  nprobe < nlist), and HNSW with Flat storage up to ``BRUTE_MAX_ROWS`` rows
+  nprobe < nlist; a batch against an inner-product IVF is counted by the
+  search's own list-major scan, ``Searcher.search_range``: faiss' IVF range
+  search would scan every probed list again, query by query, which at 10M rows
+  took longer than the whole task had), and HNSW with Flat storage up to ``BRUTE_MAX_ROWS`` rows
   (HNSW's own range search only returns what its beam visits, ~efSearch
   results, so its Flat storage is scanned instead). A query whose range
   holds more than ``k`` pairs means *k is too small*.
@@ -43,6 +46,11 @@ def _range_index(index: faiss.Index) -> faiss.Index | None:
     return None
 
 
+def inner_product_radius(cut: float) -> float:
+    """faiss keeps results strictly beyond the radius; the epsilon makes the cut inclusive."""
+    return cut - 1e-6
+
+
 def range_rows(searcher, modality: str, vecs: np.ndarray, cut: float) -> list[np.ndarray] | None:
     """Per query, the global rows scoring at least ``cut``; None when the index cannot be range-searched."""
     mod = searcher.modalities[modality]
@@ -52,8 +60,7 @@ def range_rows(searcher, modality: str, vecs: np.ndarray, cut: float) -> list[np
     if target is None:
         return None
     l2 = mod.entry.get("metric") == "l2"
-    # faiss keeps results strictly beyond the radius; the epsilon makes the cut inclusive.
-    radius = 2.0 * (1.0 - cut) + 1e-6 if l2 else cut - 1e-6
+    radius = 2.0 * (1.0 - cut) + 1e-6 if l2 else inner_product_radius(cut)
     if target is mod.index:
         set_search_params(target, mod.params)  # nprobe of an inverted file
     try:
@@ -81,12 +88,18 @@ class Abundance:
         self.kept = 0
         self.methods: set[str] = set()
 
-    def add(self, searcher, modality: str, lo: int, vecs: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> None:
-        """Queries ``lo ..`` (their vectors, and their unthresholded top-k answer)."""
+    def radius(self, modality: str) -> float | None:
+        """What a search that can count on the way (``Searcher.search_range``) should count above."""
+        return inner_product_radius(self.cuts[modality]) if modality in self.cuts else None
+
+    def add(self, searcher, modality: str, lo: int, vecs: np.ndarray, scores: np.ndarray, rows: np.ndarray,
+            ranges: list[np.ndarray] | None = None) -> None:
+        """Queries ``lo ..`` (their vectors, and their unthresholded top-k answer); ``ranges``: the
+        rows above ``radius(modality)`` per query, if the search counted them."""
         if modality not in self.cuts:
             return
         cut = self.cuts[modality]
-        found = range_rows(searcher, modality, vecs, cut)
+        found = ranges if ranges is not None else range_rows(searcher, modality, vecs, cut)
         if found is None:
             self.methods.add("top-k tail")
             above = (scores >= cut) & (rows >= 0)

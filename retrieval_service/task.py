@@ -142,8 +142,10 @@ class TaskRetriever:
             batch = plan.texts[lo : lo + spec.chunk]
             vecs = self._timed("encode", timings, self.encode, batch, spec.batch_size)
             for modality in MODE_INDEX[spec.mode]:
-                scores, rows = self._timed("search", timings, self.searcher.search, vecs, spec.k, modality=modality)
-                self._timed("count", timings, abundance.add, self.searcher, modality, lo, vecs, scores, rows)
+                # the batched IVF scan counts the pairs above the cut from the scores it computes anyway
+                scores, rows, ranges = self._timed("search", timings, self.searcher.search_range, vecs, spec.k,
+                                                   modality=modality, above=abundance.radius(modality))
+                self._timed("count", timings, abundance.add, self.searcher, modality, lo, vecs, scores, rows, ranges)
                 parts.append(self._kept(from_search(scores, rows, lo), spec))
             progress("search", min(lo + spec.chunk, len(queries)), len(queries))
         if plan.images:

@@ -156,3 +156,22 @@ def test_the_tuner_tries_the_int8_scan_on_ivf_sq8_only() -> None:
     assert {"scan": "int8"} in variants(Candidate("IVF4096_HNSW32,SQ8"))
     assert all("scan" not in v for v in variants(Candidate("HNSW32,SQ8")) + variants(Candidate("IVF64,Flat"))
                + variants(Candidate("OPQ64_256,IVF1024_HNSW32,PQ64x8")))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_scan_counts_what_faiss_range_search_finds(index, data, threads) -> None:
+    """``batched_ivf_scan(radius=r)``: the vectors above r within the probed lists, per query,
+    as faiss' own IVF range search finds them (Flat lists exactly; SQ8 up to float rounding)."""
+    from index.batched_ivf import batched_ivf_scan
+
+    _, xq = data
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = 8
+    r = 0.5
+    lims, _, found = index.range_search(xq, r)
+    Ds, Is, (slims, sfound) = batched_ivf_scan(index, xq, K, 8, threads, radius=r)
+    _check_same(*index.search(xq, K), Ds, Is)
+    assert 0 < len(found) < len(xq) * 8 * N / 64  # some, not all: the comparison can fail
+    for i in range(len(xq)):
+        want, got = set(found[lims[i]:lims[i + 1]]), set(sfound[slims[i]:slims[i + 1]])
+        assert len(got ^ want) <= 1, i  # a score within rounding of r may fall either side

@@ -101,16 +101,20 @@ def _brute_counts(queries: np.ndarray, vecs: np.ndarray, n_t: int, cut: float) -
     return [int(above[c * n_t : (c + 1) * n_t].any(axis=0).sum()) for c in range(len(queries) // n_t)]
 
 
-def _count(searcher: Searcher, queries: np.ndarray, n_t: int, k: int, cut: float) -> list[dict]:
+def _count(searcher: Searcher, queries: np.ndarray, n_t: int, k: int, cut: float, chunk: int = 7) -> list[dict]:
+    """As a task counts: in chunks (7 split classes; a whole batch of 36 takes the batched IVF scan,
+    which counts on the way), each search asked for the rows above the cut."""
     counter = Abundance(len(queries) // n_t, np.arange(len(queries)) // n_t, k, {"image": cut})
-    for lo in range(0, len(queries), 7):  # in chunks that split classes, as a task's queries are
-        scores, rows = searcher.search(queries[lo : lo + 7], k, modality="image")
-        counter.add(searcher, "image", lo, queries[lo : lo + 7], scores, rows)
+    for lo in range(0, len(queries), chunk):
+        batch = queries[lo : lo + chunk]
+        scores, rows, ranges = searcher.search_range(batch, k, modality="image", above=counter.radius("image"))
+        assert (ranges is not None) == (len(batch) >= 32 and "IVF" in searcher.modalities["image"].entry["factory"])
+        counter.add(searcher, "image", lo, batch, scores, rows, ranges)
     return counter.per_class()
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF4,Flat"])
-def test_counts_match_brute_force(clustered, tmp_path, factory, monkeypatch):
+@pytest.mark.parametrize("factory,chunk", [("Flat", 7), ("HNSW32", 7), ("IVF4,Flat", 7), ("IVF4,Flat", 36)])
+def test_counts_match_brute_force(clustered, tmp_path, factory, chunk, monkeypatch):
     emb, img, txt = clustered
     out = tmp_path / "index"
     build_index(emb, out, factory=factory, modality="image", n_queries=20, k=10)
@@ -121,7 +125,7 @@ def test_counts_match_brute_force(clustered, tmp_path, factory, monkeypatch):
     queries = txt[[i * PER_CLUSTER + j for i in range(CLUSTERS) for j in range(n_t)]]  # 3 queries per "class"
     truth = _brute_counts(queries, img, n_t, cut)
     assert max(truth) > 10 and min(truth) < 60  # the cut leaves both full and sparse classes
-    got = _count(searcher, queries, n_t, 10, cut)
+    got = _count(searcher, queries, n_t, 10, cut, chunk)
     assert [g["pairs_above"] for g in got] == truth
     assert not any(g["pairs_above_lower_bound"] for g in got)
     per_query = ((queries @ img.T) >= cut).sum(axis=1).reshape(-1, n_t).max(axis=1)
