@@ -98,12 +98,13 @@ class _Lists:
         torch.bitwise_xor(torch.from_numpy(faiss.rev_swig_ptr(codes, n_l * self.d).reshape(n_l, self.d)), 128,
                           out=shifted)
         qt = torch.from_numpy(qi)
-        dots = torch._int_mm(shifted.view(torch.int8), self.q8[qt].T.contiguous())  # [n_l, m] int32, exact
         bias = self.const8[qi]
         if self.centroids is not None:
             bias = bias + self.q[qi] @ self.centroids[l]
-        s = torch.empty((len(qi), n_l), dtype=torch.float32)  # C order: what faiss' heaps read
-        torch.mul(dots.T, self.scale[qt][:, None], out=s)
+        # query-side first: the [m, n_l] product is already in the heaps' order, so turning it into
+        # float scores is one pass with no transpose (measured 1.5-2x cheaper than list-side)
+        s = torch.empty((len(qi), n_l), dtype=torch.float32)
+        torch.mul(torch._int_mm(self.q8[qt], shifted.view(torch.int8).T), self.scale[qt][:, None], out=s)
         s += torch.from_numpy(bias)[:, None]
         return s.numpy()
 
