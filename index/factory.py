@@ -227,7 +227,8 @@ def knob_grid(candidate: Candidate, k: int, n: int) -> list[int]:
         return sorted({max(v, k) for v in grid if v <= max(k, n)})
     if candidate.knob == "nprobe":
         nlist = candidate.nlist or 1
-        grid = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048]
+        # steps of ~1.25-1.5x: between 32 and 48 lists lie recall 0.90 and a third of the scan time at 10M rows
+        grid = [1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64, 80, 96, 128, 192, 256, 384, 512, 768, 1024, 2048]
         return [v for v in grid if v <= nlist]
     return []
 
