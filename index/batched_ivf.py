@@ -318,9 +318,9 @@ class _Scan:
                     list_ids = inv.get_ids(l)
                     heap.addn_query_subset_with_ids(len(qi), faiss.swig_ptr(qi), n_l, faiss.swig_ptr(s), list_ids, 0)
                     if self.radius is not None:
-                        r, c = np.nonzero(s > self.radius)  # faiss' range search keeps scores beyond the radius
-                        if len(r):
-                            self.above[t].append((qi[r], faiss.rev_swig_ptr(list_ids, n_l)[c].copy()))
+                        hit_q, hit_col = np.nonzero(s > self.radius)  # faiss keeps scores beyond the radius
+                        if len(hit_q):
+                            self.above[t].append((qi[hit_q], faiss.rev_swig_ptr(list_ids, n_l)[hit_col].copy()))
                     inv.release_codes(l, codes)
             heap.reorder()
         except BaseException as e:  # re-raised in the caller
