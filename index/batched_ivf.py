@@ -63,6 +63,7 @@ class _Lists:
         self.ivf, self.d = ivf, ivf.d
         self.sq = type(ivf) is faiss.IndexIVFScalarQuantizer
         self.int8 = False
+        self.torch = None  # the int8 path's module, imported once here rather than per list
         if not self.sq:
             self.x, self.const, self.centroids = x, None, None
             return
@@ -75,7 +76,7 @@ class _Lists:
         if int8:
             import torch
 
-            self.int8 = True
+            self.int8, self.torch = True, torch
             scale = np.maximum(np.abs(self.x).max(axis=1), np.finfo(np.float32).tiny) / 127.0
             self.q8 = torch.from_numpy(np.rint(self.x / scale[:, None]).astype(np.int8))
             self.scale = torch.from_numpy(scale.astype(np.float32))
@@ -86,14 +87,11 @@ class _Lists:
         if not self.sq:
             return None
         if self.int8:
-            import torch
-
-            return torch.empty((rows, self.d), dtype=torch.uint8)
+            return self.torch.empty((rows, self.d), dtype=self.torch.uint8)
         return np.empty((rows, self.d), np.float32)
 
     def scores_int8(self, l: int, qi: np.ndarray, codes, n_l: int, buf) -> np.ndarray:
-        import torch
-
+        torch = self.torch
         shifted = buf[:n_l]
         torch.bitwise_xor(torch.from_numpy(faiss.rev_swig_ptr(codes, n_l * self.d).reshape(n_l, self.d)), 128,
                           out=shifted)
@@ -299,9 +297,7 @@ class _Scan:
         # ~60 ns a score instead of 0.5 (2 threads, 50 x 2,500 scores); so would torch's int8 GEMM.
         # Both set the calling thread's OpenMP count (torch and faiss may share one libgomp, so
         # both counts are read before either is set, and restored for a calling thread).
-        torch = None
-        if self.scorer.int8:
-            import torch
+        torch = self.scorer.torch
         omp_before = faiss.omp_get_max_threads()
         torch_before = torch.get_num_threads() if torch else None
         faiss.omp_set_num_threads(1)
