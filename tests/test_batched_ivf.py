@@ -80,6 +80,45 @@ def test_k_larger_than_lists(index, data) -> None:
     _check_same(Dr, Ir, *batched_ivf_search(index, xq[:50], k, 4))
 
 
+def test_int8_pads_like_faiss_when_fewer_than_k_were_scanned(index, data) -> None:
+    """The int8 heaps hold integers; their empty slots must still come back as (-FLT_MAX, -1)."""
+    _, xq = data
+    ivf = faiss.extract_index_ivf(index)
+    k = 2 * max(ivf.invlists.list_size(i) for i in range(ivf.nlist))
+    ivf.nprobe = 1
+    Dr, Ir = index.search(xq[:50], k)
+    Di, Ii = batched_ivf_search(index, xq[:50], k, 1, threads=2, int8=True)
+    np.testing.assert_array_equal(Ii == -1, Ir == -1)
+    assert (Ii == -1).any() and np.all(Di[Ii == -1] == -np.finfo(np.float32).max)
+    assert np.abs(Di - Dr)[Ii >= 0].max() < 5e-3
+
+
+def test_int8_falls_back_to_float_where_int32_could_overflow(data) -> None:
+    """An SQ range so narrow that a query's integer unit is tiny would overflow the int32 sums:
+    that index is scanned with faiss' float arithmetic instead (the same answers as faiss)."""
+    from index.batched_ivf import _Lists
+
+    xb, xq = data
+    idx = faiss.index_factory(D, "IVF16,SQ8", faiss.METRIC_INNER_PRODUCT)
+    idx.train(xb[:4000])
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(idx))
+    trained = faiss.vector_to_array(ivf.sq.trained)
+    trained[D:] = 1e-9  # vdiff: every code decodes to (almost) its list's centroid
+    faiss.copy_array_to_vector(trained, ivf.sq.trained)
+    idx.add(xb[:4000])
+    near = np.full(len(xq), 0.9, np.float32)  # |q . centroid| of the probes
+    assert _Lists(ivf, xq, int8=True, coarse=near).int8 is False
+    assert _Lists(faiss.downcast_index(faiss.extract_index_ivf(_sq8(xb[:4000]))), xq, True, near).int8 is True
+    ivf.nprobe = 4
+    _check_same(*idx.search(xq, K), *batched_ivf_search(idx, xq, K, 4, int8=True))
+
+
+def _sq8(xb: np.ndarray) -> faiss.Index:
+    idx = faiss.index_factory(D, "IVF16,SQ8", faiss.METRIC_INNER_PRODUCT)
+    idx.train(xb)
+    return idx
+
+
 def test_rejects_other_indexes(data) -> None:
     xb, xq = data
     for other in ("IVF16,SQ4", "IVF16,PQ8", "IVF16,SQfp16"):
@@ -159,9 +198,11 @@ def test_the_tuner_tries_the_int8_scan_on_ivf_sq8_only() -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_scan_counts_what_faiss_range_search_finds(index, data, threads) -> None:
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_scan_counts_what_faiss_range_search_finds(index, data, threads, int8) -> None:
     """``batched_ivf_scan(radius=r)``: the vectors above r within the probed lists, per query,
-    as faiss' own IVF range search finds them (Flat lists exactly; SQ8 up to float rounding)."""
+    as faiss' own IVF range search finds them (Flat lists exactly; SQ8 up to float rounding,
+    and with the int8 scan up to the query's rounding, which decides the same way as its scores)."""
     from index.batched_ivf import batched_ivf_scan
 
     _, xq = data
@@ -169,9 +210,17 @@ def test_the_scan_counts_what_faiss_range_search_finds(index, data, threads) -> 
     ivf.nprobe = 8
     r = 0.5
     lims, _, found = index.range_search(xq, r)
-    Ds, Is, (slims, sfound) = batched_ivf_scan(index, xq, K, 8, threads, radius=r)
-    _check_same(*index.search(xq, K), Ds, Is)
+    Ds, Is, (slims, sfound) = batched_ivf_scan(index, xq, K, 8, threads, int8=int8, radius=r)
+    rounded = int8 and type(faiss.downcast_index(ivf)) is faiss.IndexIVFScalarQuantizer
+    if not rounded:
+        _check_same(*index.search(xq, K), Ds, Is)
     assert 0 < len(found) < len(xq) * 8 * N / 64  # some, not all: the comparison can fail
+    near = 0
     for i in range(len(xq)):
         want, got = set(found[lims[i]:lims[i + 1]]), set(sfound[slims[i]:slims[i + 1]])
-        assert len(got ^ want) <= 1, i  # a score within rounding of r may fall either side
+        if not rounded:
+            assert len(got ^ want) <= 1, i  # a score within rounding of r may fall either side
+        near += len(got ^ want)
+        top = Is[i][Ds[i] > r]  # the returned top-k above r are counted, by the same scores
+        assert set(top) <= got, i
+    assert near <= 0.01 * len(found)
