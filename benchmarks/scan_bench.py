@@ -1,5 +1,6 @@
-"""Float vs int8 scan of an IVF-SQ8 index (index/batched_ivf.py) against exact search, one run,
-by nprobe and by query batch size.
+"""Float vs int8 scan of an IVF-SQ8 index (index/batched_ivf.py), with the quantizer's probes
+or exact ones (index/ivf_probes.py), against exact search, one run, by nprobe and by query
+batch size.
 
 For a built index folder and its embedding folder, prints per nprobe and scan: recall@k
 against exact search on the first --truth queries, and queries/s at each batch size as a
@@ -14,7 +15,7 @@ folder was generated from (``--world N,DIM,SEED``, as benchmarks/scale_bench.py 
 it): unseen by the tuner, and as many as the largest batch needs.
 
   python benchmarks/scan_bench.py /tmp/scale10m/index_10000000_single /tmp/scale10m/emb_10000000_512 \\
-      --world 10000000,512,0 --batches 1000,4000,16000 --nprobe 32,48
+      --world 10000000,512,0 --batches 1000,4000,16000 --nprobe 32,40,48
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FRESH_SEED = 12345  # queries from a generator the folder's own queries never used
+VARIANTS = (("float", "index"), ("int8", "index"), ("int8", "exact"))  # (scan, probes)
 
 
 def load_queries(a: argparse.Namespace, count: int) -> np.ndarray:
@@ -81,11 +83,12 @@ def main() -> None:
     searcher.search(q[:50], a.k)  # first touch of the mapped lists and quantizer
     rows = []
     for nprobe in probes:
-        for scan in ("float", "int8"):
+        for scan, probes in VARIANTS:
             params = {k: v for k, v in tuned.items() if k != "rerank"}
-            params |= {"nprobe": nprobe, "quantizer_efSearch": max(64, 2 * nprobe), "scan": scan}
+            params |= {"nprobe": nprobe, "quantizer_efSearch": max(64, 2 * nprobe), "scan": scan, "probes": probes}
             found = searcher.search(tq, a.k, params=params)[1]
-            row = {"nprobe": nprobe, "scan": scan, "recall": round(recall_at(found, truth, a.k), 4), "qps": {}}
+            row = {"nprobe": nprobe, "scan": scan, "probes": probes,
+                   "recall": round(recall_at(found, truth, a.k), 4), "qps": {}}
             for b in batches:
                 row["qps"][b] = round(b / timed(lambda: searcher.search(q[:b], a.k, params=params)), 1)
             rows.append(row)
@@ -95,11 +98,11 @@ def main() -> None:
     print(f"\nexact on {a.truth} queries: {a.truth / exact_before:.2f} q/s before, {a.truth / exact_after:.2f} "
           f"after; ratios use {exact_qps:.2f} (load average {os.getloadavg()[0]:.1f})")
     head = " | ".join(f"batch {b:,}: q/s (vs exact)" for b in batches)
-    print(f"| nprobe | scan | recall@{a.k} | {head} |\n|" + "---|" * (3 + len(batches)))
+    print(f"| nprobe | scan | probes | recall@{a.k} | {head} |\n|" + "---|" * (4 + len(batches)))
     for r in rows:
         r["speedup"] = {b: round(v / exact_qps, 1) for b, v in r["qps"].items()}
         cells = " | ".join(f"{r['qps'][b]:,} ({r['speedup'][b]}×)" for b in batches)
-        print(f"| {r['nprobe']} | {r['scan']} | {r['recall']} | {cells} |")
+        print(f"| {r['nprobe']} | {r['scan']} | {r['probes']} | {r['recall']} | {cells} |")
     if a.json:
         a.json.write_text(json.dumps({"truth_queries": a.truth, "k": a.k, "queries": a.world or str(a.queries),
                                       "exact_qps": round(exact_qps, 2),

@@ -28,10 +28,18 @@ every probed list once per query, into one read of each list per batch.
 each scaled query ``q'`` is rounded to int8 with its own scale ``s`` (``max |q'| / 127``),
 the codes are shifted to int8 (``c - 128``, one XOR), and ``q' . c`` becomes ``s (q8 .
 (c - 128)) + 128 sum(q')``, one int8 GEMM with int32 sums (``torch._int_mm``: AMX / VNNI
-where the CPU has them). The list never goes through a float copy, which is most of the
-float path's time. Scores differ from faiss' by the query's rounding (about 4e-4 in
-cosine at d=512, the size of SQ8's own error), so the answers are no longer faiss'
-exactly: the tuner measures this variant's recall like any other.
+where the CPU has them). The heaps keep those int32 sums in each query's unit ``s`` (plus
+the residual bias ``q . centroid / s``, rounded), so no float pass runs over the
+``[queries, list]`` block -- at batch 16,000 a broadcast multiply-add cost as much as the
+GEMM; only the final ``k`` per query are turned into float scores. Scores differ from
+faiss' by the query's rounding (about 4e-4 in cosine at d=512, the size of SQ8's own
+error), so the answers are no longer faiss' exactly: the tuner measures this variant's
+recall like any other.
+
+``exact_probes=True`` (search parameter ``probes: exact``) picks each query's lists by one
+GEMM against every centroid of a flat or HNSW-flat quantizer instead of its graph search:
+the true nearest lists, worth ~0.012 recall@50 at the same nprobe at 10M rows, for a GEMM
+that a big batch makes cheaper than the graph walk.
 
 Per-query top-k is kept in faiss heaps
 (``HeapArray.addn_query_subset_with_ids``, C++); with ``threads > 1`` lists are
@@ -48,6 +56,8 @@ import threading
 
 import faiss
 import numpy as np
+
+from index import ivf_probes
 
 __all__ = ["batched_ivf_scan", "batched_ivf_search", "supports"]
 
@@ -220,7 +230,7 @@ _SET_BLAS_LOCAL = _openblas_local_threads()
 
 def batched_ivf_search(
     index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None = None, threads: int | None = None,
-    int8: bool = False,
+    int8: bool = False, exact_probes: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner-product search of ``queries`` [nq, d] probing ``nprobe`` lists each.
 
@@ -232,14 +242,17 @@ def batched_ivf_search(
     ids [nq, k] int64, the index's ids), padded with (-3.4e38, -1) when fewer than
     ``k`` vectors were scanned -- the same as ``index.search`` with ``nprobe``.
     ``int8``: score SQ8 lists with an int8 GEMM (module docstring); ignored for Flat lists.
+    ``exact_probes``: the ``nprobe`` lists whose centroids score highest, by one GEMM against
+    all of them, instead of the quantizer's own (graph) search; for an IP flat or HNSW-flat
+    quantizer (others are asked as usual).
     """
-    scores, ids, _ = batched_ivf_scan(index, queries, k, nprobe, threads, int8)
+    scores, ids, _ = batched_ivf_scan(index, queries, k, nprobe, threads, int8, exact_probes)
     return scores, ids
 
 
 def batched_ivf_scan(
     index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None = None, threads: int | None = None,
-    int8: bool = False, radius: float | None = None,
+    int8: bool = False, exact_probes: bool = False, radius: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     """``batched_ivf_search``, and with a ``radius`` also every scanned vector scoring above it,
     from the same scores: ``(lims [nq + 1], ids)`` as faiss' ``range_search`` returns them
@@ -259,7 +272,7 @@ def batched_ivf_scan(
     if nq == 0 or ivf.ntotal == 0:
         empty = (np.zeros(nq + 1, np.int64), np.zeros(0, np.int64)) if radius is not None else None
         return np.full((nq, k), -np.finfo(np.float32).max, np.float32), np.full((nq, k), -1, np.int64), empty
-    scan = _Scan(ivf, x, nprobe, k, threads, int8, radius)
+    scan = _Scan(ivf, x, nprobe, k, threads, int8, exact_probes, radius)
     if threads == 1:
         scan.work(0)
     else:
@@ -285,10 +298,14 @@ class _Scan:
     GEMMs first, to whichever worker asks next."""
 
     def __init__(self, ivf: faiss.IndexIVF, x: np.ndarray, nprobe: int, k: int, threads: int,
-                 int8: bool = False, radius: float | None = None) -> None:
+                 int8: bool = False, exact_probes: bool = False, radius: float | None = None) -> None:
         self.nq, self.d = x.shape
         self.k, self.threads = k, threads
-        coarse, assign = ivf.quantizer.search(x, nprobe)
+        centroids = ivf_probes.centroid_view(ivf.quantizer) if exact_probes else None
+        if centroids is not None:
+            coarse, assign = ivf_probes.nearest_lists(x, centroids, nprobe)
+        else:
+            coarse, assign = ivf.quantizer.search(x, nprobe)
         self.scorer = _Lists(ivf, x, int8, np.where(assign >= 0, np.abs(coarse), 0).max(axis=1))
         dtype = self.scorer.dtype
         self.vals = np.full((threads, self.nq, k), np.iinfo(dtype).min if dtype == np.int32 else -np.finfo(dtype).max,

@@ -204,7 +204,7 @@ def with_knob(candidate: Candidate, value: int | None) -> dict:
 def set_search_params(index: faiss.Index, params: dict) -> None:
     space = faiss.ParameterSpace()
     for name, value in params.items():
-        if name in ("rerank", "shift", "scan"):
+        if name in ("rerank", "shift", "scan", "probes"):
             continue  # applied by the searcher, not by faiss
         space.set_index_parameter(index, name, value)
 

@@ -12,6 +12,9 @@ search plan may carry three of ours:
 - ``scan``: ``"int8"`` scores an IVF-SQ8 index's lists with an int8 GEMM in batched
   searches (``index.batched_ivf``); ``"float"`` (the default) with faiss' own arithmetic.
   Batches too small for the list-major scan, and other index types, use faiss' scan.
+- ``probes``: ``"exact"`` picks a batched IVF search's lists by one GEMM against every
+  centroid instead of the coarse quantizer's graph (the true nearest lists, so more
+  recall per probed list); ``"index"`` (the default) asks the quantizer.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from react.errors import ReactError
 
 
 SCANS = ("float", "int8")
+PROBES = ("index", "exact")
 
 
 @dataclass
@@ -117,11 +121,15 @@ def search_range(
     scan = params.get("scan", "float")
     if scan not in SCANS:
         raise ReactError(f"search parameter scan={scan!r}: use one of {', '.join(SCANS)}")
+    probes = params.get("probes", "index")
+    if probes not in PROBES:
+        raise ReactError(f"search parameter probes={probes!r}: use one of {', '.join(PROBES)}")
     rerank = max(1, int(params.get("rerank", 1)))
     shifted = bool(params.get("shift")) and shift is not None
     probe = normalize(queries + shift) if shifted else queries
     fetch = min((k + extra) * rerank, index.ntotal)
-    scores, found, ranged = _ann(index, probe, fetch, int8=scan == "int8", radius=None if shifted else radius)
+    scores, found, ranged = _ann(index, probe, fetch, int8=scan == "int8", exact_probes=probes == "exact",
+                                 radius=None if shifted else radius)
     if (rerank > 1 or shifted) and stored is not None:
         scores, found = _rescore(queries, found, stored)
     elif shifted:
@@ -138,14 +146,14 @@ def search_range(
     return scores, rows, ranges
 
 
-def _ann(index: faiss.Index, queries: np.ndarray, k: int, int8: bool = False, radius: float | None = None
-         ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+def _ann(index: faiss.Index, queries: np.ndarray, k: int, int8: bool = False, exact_probes: bool = False,
+         radius: float | None = None) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     """faiss' search, or for a batch over an IVF-Flat/SQ8 index the list-major GEMM
     search, which scans exactly the same candidates (same scores up to rounding,
     same rows; with ``int8``, SQ8 scores rounded as batched_ivf says), and counts
     what lies above ``radius`` on the way."""
     if len(queries) >= batched_ivf.MIN_QUERIES and batched_ivf.supports(index):
-        return batched_ivf.batched_ivf_scan(index, queries, k, int8=int8, radius=radius)
+        return batched_ivf.batched_ivf_scan(index, queries, k, int8=int8, exact_probes=exact_probes, radius=radius)
     return (*index.search(queries, k), None)
 
 

@@ -176,6 +176,37 @@ def test_int8_scan_of_sq8_lists_rounds_only_the_query(index, data, threads) -> N
     np.testing.assert_allclose(D1, Di, atol=1e-6)
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_exact_probes_are_the_true_nearest_lists(index, data, int8) -> None:
+    """``exact_probes``: the lists a flat quantizer would pick, found by one GEMM (in chunks)
+    whatever the quantizer; for an HNSW quantizer, what its graph finds when searched exhaustively."""
+    from index import ivf_probes
+
+    _, xq = data
+    ivf = faiss.extract_index_ivf(index)
+    centroids = ivf_probes.centroid_view(ivf.quantizer)
+    assert centroids.shape == (ivf.nlist, D)
+    np.testing.assert_array_equal(centroids, ivf.quantizer.reconstruct_n(0, ivf.nlist))
+    want = np.argsort(-(xq @ centroids.T), axis=1)[:, :8]
+    rows = ivf_probes.PROBE_ROWS
+    ivf_probes.PROBE_ROWS = 64  # several chunks of the 200 queries
+    try:
+        scores, got = ivf_probes.nearest_lists(xq, centroids, 8)
+    finally:
+        ivf_probes.PROBE_ROWS = rows
+    np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
+    np.testing.assert_allclose(scores, np.take_along_axis(xq @ centroids.T, got, axis=1), rtol=1e-6)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSWFlat):
+        quantizer.hnsw.efSearch = 1000  # exhaustive on 64 nodes: the graph finds the true nearest too
+    try:
+        Dq, Iq = batched_ivf_search(index, xq, K, 8, int8=int8)
+    finally:
+        if isinstance(quantizer, faiss.IndexHNSWFlat):
+            quantizer.hnsw.efSearch = 16
+    _check_same(Dq, Iq, *batched_ivf_search(index, xq, K, 8, int8=int8, exact_probes=True))
+
+
 def test_scan_is_a_search_parameter(index, data) -> None:
     from index.query import search
     from react.errors import ReactError
@@ -186,6 +217,10 @@ def test_scan_is_a_search_parameter(index, data) -> None:
     assert np.mean([len(np.intersect1d(Ii[i], If[i])) / K for i in range(len(If))]) > 0.97
     with pytest.raises(ReactError, match="scan='fp4'"):
         search(index, xq, K, {"nprobe": 8, "scan": "fp4"})
+    De, Ie = search(index, xq, K, {"nprobe": 8, "probes": "exact"})
+    assert np.mean([len(np.intersect1d(Ie[i], If[i])) / K for i in range(len(If))]) > 0.97
+    with pytest.raises(ReactError, match="probes='all'"):
+        search(index, xq, K, {"nprobe": 8, "probes": "all"})
 
 
 def test_the_tuner_tries_the_int8_scan_on_ivf_sq8_only() -> None:
@@ -193,7 +228,8 @@ def test_the_tuner_tries_the_int8_scan_on_ivf_sq8_only() -> None:
     from index.factory import Candidate
 
     assert {"scan": "int8"} in variants(Candidate("IVF4096_HNSW32,SQ8"))
-    assert all("scan" not in v for v in variants(Candidate("HNSW32,SQ8")) + variants(Candidate("IVF64,Flat"))
+    assert {"scan": "int8", "probes": "exact"} in variants(Candidate("IVF4096_HNSW32,SQ8"))
+    assert all("scan" not in v and "probes" not in v for v in variants(Candidate("HNSW32,SQ8")) + variants(Candidate("IVF64,Flat"))
                + variants(Candidate("OPQ64_256,IVF1024_HNSW32,PQ64x8")))
 
 
