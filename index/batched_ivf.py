@@ -252,12 +252,15 @@ def batched_ivf_search(
 
 def batched_ivf_scan(
     index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None = None, threads: int | None = None,
-    int8: bool = False, exact_probes: bool = False, radius: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    int8: bool = False, exact_probes: bool = False, radius: float | None = None, max_hits: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
     """``batched_ivf_search``, and with a ``radius`` also every scanned vector scoring above it,
-    from the same scores: ``(lims [nq + 1], ids)`` as faiss' ``range_search`` returns them
-    (query ``i``'s ids are ``ids[lims[i]:lims[i + 1]]``; within the probed lists, like faiss'
-    own IVF range search, which would scan every probed list a second time, per query)."""
+    from the same scores: ``(lims [nq + 1], ids, counts [nq])``, lims and ids as faiss'
+    ``range_search`` returns them (query ``i``'s ids are ``ids[lims[i]:lims[i + 1]]``; within
+    the probed lists, like faiss' own IVF range search, which would scan every probed list a
+    second time, per query). ``max_hits`` bounds the ids kept (16 bytes each, in memory until
+    the scan ends: at a low radius a batch can have billions); ``counts`` are always complete,
+    so a query whose count exceeds its ids was cut short."""
     ivf, chain = _ivf_ip(index)
     x = np.ascontiguousarray(queries, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != index.d:
@@ -270,9 +273,10 @@ def batched_ivf_scan(
     nprobe = max(1, min(int(nprobe or ivf.nprobe), ivf.nlist))
     threads = max(1, threads or faiss.omp_get_max_threads())
     if nq == 0 or ivf.ntotal == 0:
-        empty = (np.zeros(nq + 1, np.int64), np.zeros(0, np.int64)) if radius is not None else None
+        empty = (np.zeros(nq + 1, np.int64), np.zeros(0, np.int64), np.zeros(nq, np.int64)) if radius is not None \
+            else None
         return np.full((nq, k), -np.finfo(np.float32).max, np.float32), np.full((nq, k), -1, np.int64), empty
-    scan = _Scan(ivf, x, nprobe, k, threads, int8, exact_probes, radius)
+    scan = _Scan(ivf, x, nprobe, k, threads, int8, exact_probes, radius, max_hits)
     if threads == 1:
         scan.work(0)
     else:
@@ -298,7 +302,8 @@ class _Scan:
     GEMMs first, to whichever worker asks next."""
 
     def __init__(self, ivf: faiss.IndexIVF, x: np.ndarray, nprobe: int, k: int, threads: int,
-                 int8: bool = False, exact_probes: bool = False, radius: float | None = None) -> None:
+                 int8: bool = False, exact_probes: bool = False, radius: float | None = None,
+                 max_hits: int | None = None) -> None:
         self.nq, self.d = x.shape
         self.k, self.threads = k, threads
         centroids = ivf_probes.centroid_view(ivf.quantizer) if exact_probes else None
@@ -326,17 +331,38 @@ class _Scan:
         self.errors: list[BaseException] = []
         self.above_unit = self.scorer.threshold(radius) if radius is not None else None
         self.above: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.threads)]  # (query, id)
+        self.counts = np.zeros((self.threads, self.nq), np.int64)  # per worker: every hit, kept or not
+        # each worker keeps ids up to its share of max_hits, so no lock is needed
+        self.room = [np.iinfo(np.int64).max if max_hits is None else max(0, max_hits) // threads] * threads
 
-    def ranges(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every worker's (query, id) pairs above the radius, grouped by query: ``(lims, ids)``."""
+    def ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every worker's kept (query, id) pairs above the radius, grouped by query, and every
+        query's full count: ``(lims, ids, counts)``."""
+        counts = self.counts.sum(axis=0)
         parts = [pair for per_thread in self.above for pair in per_thread]
         if not parts:
-            return np.zeros(self.nq + 1, np.int64), np.zeros(0, np.int64)
+            return np.zeros(self.nq + 1, np.int64), np.zeros(0, np.int64), counts
         q = np.concatenate([p[0] for p in parts])
         found = np.concatenate([p[1] for p in parts])
         order = np.argsort(q, kind="stable")
         lims = np.concatenate([[0], np.cumsum(np.bincount(q, minlength=self.nq))]).astype(np.int64)
-        return lims, found[order]
+        return lims, found[order], counts
+
+    def _keep_above(self, t: int, qi: np.ndarray, s: np.ndarray, list_ids, n_l: int) -> None:
+        """Worker ``t`` counts the scores of one list beyond the radius (as faiss' range search
+        keeps them) per query, and keeps their ids while its share of ``max_hits`` lasts."""
+        above = s > self.above_unit[qi][:, None]
+        per_query = np.count_nonzero(above, axis=1)
+        hits = int(per_query.sum())
+        if not hits:
+            return
+        self.counts[t, qi] += per_query  # qi holds each query once per list
+        if self.room[t] < hits:
+            self.room[t] = 0
+            return
+        self.room[t] -= hits
+        hit_q, hit_col = np.nonzero(above)
+        self.above[t].append((qi[hit_q], faiss.rev_swig_ptr(list_ids, n_l)[hit_col].copy()))
 
     def work(self, t: int) -> None:
         """Worker ``t``: takes chunks of lists until none is left; an error is kept for the caller."""
@@ -368,10 +394,8 @@ class _Scan:
                     s = self.scorer.scores(qi, self.coarse[start[l]:start[l + 1]], codes, n_l, buf)
                     list_ids = inv.get_ids(l)
                     heap.addn_query_subset_with_ids(len(qi), faiss.swig_ptr(qi), n_l, faiss.swig_ptr(s), list_ids, 0)
-                    if self.above_unit is not None:  # faiss keeps scores beyond the radius
-                        hit_q, hit_col = np.nonzero(s > self.above_unit[qi][:, None])
-                        if len(hit_q):
-                            self.above[t].append((qi[hit_q], faiss.rev_swig_ptr(list_ids, n_l)[hit_col].copy()))
+                    if self.above_unit is not None:
+                        self._keep_above(t, qi, s, list_ids, n_l)
                     inv.release_codes(l, codes)
             heap.reorder()
         except BaseException as e:  # re-raised in the caller

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import faiss
 import numpy as np
@@ -29,6 +29,18 @@ from index import batched_ivf
 from index.exact import drop_excluded
 from index.factory import as_float32, set_search_params
 from react.errors import ReactError
+
+
+class RangeHits(NamedTuple):
+    """Per query, the rows scoring above a radius: ``rows[i]`` those kept (a memory budget may cut
+    them short), ``counts[i]`` how many there were."""
+
+    rows: list[np.ndarray]
+    counts: np.ndarray
+
+    def cut_short(self) -> np.ndarray:
+        """Queries whose kept rows are fewer than their count."""
+        return self.counts > np.array([len(r) for r in self.rows], np.int64)
 
 
 SCANS = ("float", "int8")
@@ -108,10 +120,12 @@ def search_range(
     stored: Callable[[np.ndarray], np.ndarray] | None = None,
     exclude: np.ndarray | None = None,
     radius: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+    max_hits: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, RangeHits | None]:
     """``search``, plus with a ``radius`` the global rows of every scanned vector scoring above it,
     per query, when the batched IVF scan answered (it counts them from the scores it computed
-    anyway); None otherwise, and for shifted searches, whose scan scores are not the query's."""
+    anyway); None otherwise, and for shifted searches, whose scan scores are not the query's.
+    At most ``max_hits`` rows are kept over the batch; the counts stay complete."""
     queries = as_float32(queries)
     extra = 0 if exclude is None else 1
     k = min(k, index.ntotal - extra) if index.ntotal > extra else 0
@@ -129,7 +143,7 @@ def search_range(
     probe = normalize(queries + shift) if shifted else queries
     fetch = min((k + extra) * rerank, index.ntotal)
     scores, found, ranged = _ann(index, probe, fetch, int8=scan == "int8", exact_probes=probes == "exact",
-                                 radius=None if shifted else radius)
+                                 radius=None if shifted else radius, max_hits=max_hits)
     if (rerank > 1 or shifted) and stored is not None:
         scores, found = _rescore(queries, found, stored)
     elif shifted:
@@ -140,20 +154,22 @@ def search_range(
         scores, rows = drop_excluded(scores, rows, exclude, k)
     ranges = None
     if ranged is not None:
-        lims, hit = ranged
+        lims, hit, counts = ranged
         hit = np.asarray(ids)[hit] if ids is not None else hit
-        ranges = [hit[lims[i]:lims[i + 1]] for i in range(len(queries))]
+        ranges = RangeHits([hit[lims[i]:lims[i + 1]] for i in range(len(queries))], counts)
     return scores, rows, ranges
 
 
 def _ann(index: faiss.Index, queries: np.ndarray, k: int, int8: bool = False, exact_probes: bool = False,
-         radius: float | None = None) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+         radius: float | None = None, max_hits: int | None = None
+         ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
     """faiss' search, or for a batch over an IVF-Flat/SQ8 index the list-major GEMM
     search, which scans exactly the same candidates (same scores up to rounding,
     same rows; with ``int8``, SQ8 scores rounded as batched_ivf says), and counts
     what lies above ``radius`` on the way."""
     if len(queries) >= batched_ivf.MIN_QUERIES and batched_ivf.supports(index):
-        return batched_ivf.batched_ivf_scan(index, queries, k, int8=int8, exact_probes=exact_probes, radius=radius)
+        return batched_ivf.batched_ivf_scan(index, queries, k, int8=int8, exact_probes=exact_probes, radius=radius,
+                                            max_hits=max_hits)
     return (*index.search(queries, k), None)
 
 

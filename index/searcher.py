@@ -24,7 +24,7 @@ import pyarrow as pa
 from index.defaults import K
 from index.factory import Candidate
 from index.metadata import RowMetadata
-from index.query import normalize, reconstructor, search_range
+from index.query import RangeHits, normalize, reconstructor, search_range
 from index.vectors import EmbeddingFolder
 from react.errors import ReactError
 from react.schemas import INDEX_FORMAT, INDEX_JSON, index_ids_file, ivfdata_file
@@ -183,11 +183,12 @@ class Searcher:
         return scores, rows
 
     def search_range(self, queries: np.ndarray, k: int = K, modality: str | None = None,
-                     params: dict | None = None, query_modality: str = "text", above: float | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+                     params: dict | None = None, query_modality: str = "text", above: float | None = None,
+                     max_hits: int | None = None) -> tuple[np.ndarray, np.ndarray, RangeHits | None]:
         """``search``, plus per query the rows of every scanned pair scoring above ``above``
-        when the scan that answered could count them on the way (a batch against an
-        inner-product IVF index: index.batched_ivf); None otherwise."""
+        (at most ``max_hits`` kept over the batch, every one counted) when the scan that
+        answered could count them on the way (a batch against an inner-product IVF index:
+        index.batched_ivf); None otherwise."""
         if k < 1:
             raise ReactError(f"k must be >= 1, got {k}")
         name = modality or ("image" if "image" in self.modalities else next(iter(self.modalities)))
@@ -206,7 +207,7 @@ class Searcher:
         stored = mod.stored(self.embeddings) if needs_stored else None
         l2 = mod.entry.get("metric") == "l2"
         scores, rows, ranges = search_range(mod.index, normalize(queries), k, run, ids=mod.ids, shift=mod.shift,
-                                            stored=stored, radius=None if l2 else above)
+                                            stored=stored, radius=None if l2 else above, max_hits=max_hits)
         if l2:
             # autofaiss can build L2 indices (clip folders); on unit vectors cosine = 1 - d^2 / 2, so
             # scores mean the same as on an inner-product index and the order is unchanged.

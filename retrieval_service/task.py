@@ -144,7 +144,8 @@ class TaskRetriever:
             for modality in MODE_INDEX[spec.mode]:
                 # the batched IVF scan counts the pairs above the cut from the scores it computes anyway
                 scores, rows, ranges = self._timed("search", timings, self.searcher.search_range, vecs, spec.k,
-                                                   modality=modality, above=abundance.radius(modality))
+                                                   modality=modality, above=abundance.radius(modality),
+                                                   max_hits=abundance.room())
                 self._timed("count", timings, abundance.add, self.searcher, modality, lo, vecs, scores, rows, ranges)
                 parts.append(self._kept(from_search(scores, rows, lo), spec))
             progress("search", min(lo + spec.chunk, len(queries)), len(queries))

@@ -246,7 +246,8 @@ def test_the_scan_counts_what_faiss_range_search_finds(index, data, threads, int
     ivf.nprobe = 8
     r = 0.5
     lims, _, found = index.range_search(xq, r)
-    Ds, Is, (slims, sfound) = batched_ivf_scan(index, xq, K, 8, threads, int8=int8, radius=r)
+    Ds, Is, (slims, sfound, scounts) = batched_ivf_scan(index, xq, K, 8, threads, int8=int8, radius=r)
+    np.testing.assert_array_equal(scounts, np.diff(slims))  # no budget: every hit kept
     rounded = int8 and type(faiss.downcast_index(ivf)) is faiss.IndexIVFScalarQuantizer
     if not rounded:
         _check_same(*index.search(xq, K), Ds, Is)
@@ -260,3 +261,22 @@ def test_the_scan_counts_what_faiss_range_search_finds(index, data, threads, int
         top = Is[i][Ds[i] > r]  # the returned top-k above r are counted, by the same scores
         assert set(top) <= got, i
     assert near <= 0.01 * len(found)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_hit_budget_bounds_the_ids_kept_not_the_counts(index, data, threads) -> None:
+    """At a low radius nearly every scanned vector is a hit: ``max_hits`` keeps memory bounded,
+    and the per-query counts stay those of the unbounded scan."""
+    from index.batched_ivf import batched_ivf_scan
+
+    _, xq = data
+    r = -1.0  # every scanned vector
+    _, _, (lims, found, counts) = batched_ivf_scan(index, xq, K, 8, threads, radius=r)
+    budget = len(found) // 10
+    _, _, (blims, bfound, bcounts) = batched_ivf_scan(index, xq, K, 8, threads, radius=r, max_hits=budget)
+    np.testing.assert_array_equal(bcounts, counts)
+    assert 0 < len(bfound) <= budget
+    kept = np.diff(blims)
+    assert (kept <= counts).all() and (kept < counts).any()  # some queries cut short, and they can tell
+    for i in np.flatnonzero(kept):
+        assert set(bfound[blims[i]:blims[i + 1]]) <= set(found[lims[i]:lims[i + 1]])

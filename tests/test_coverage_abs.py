@@ -107,7 +107,8 @@ def _count(searcher: Searcher, queries: np.ndarray, n_t: int, k: int, cut: float
     counter = Abundance(len(queries) // n_t, np.arange(len(queries)) // n_t, k, {"image": cut})
     for lo in range(0, len(queries), chunk):
         batch = queries[lo : lo + chunk]
-        scores, rows, ranges = searcher.search_range(batch, k, modality="image", above=counter.radius("image"))
+        scores, rows, ranges = searcher.search_range(batch, k, modality="image", above=counter.radius("image"),
+                                                     max_hits=counter.room())
         assert (ranges is not None) == (len(batch) >= 32 and "IVF" in searcher.modalities["image"].entry["factory"])
         counter.add(searcher, "image", lo, batch, scores, rows, ranges)
     return counter.per_class()
@@ -131,6 +132,32 @@ def test_counts_match_brute_force(clustered, tmp_path, factory, chunk, monkeypat
     per_query = ((queries @ img.T) >= cut).sum(axis=1).reshape(-1, n_t).max(axis=1)
     assert [g["k_too_small"] for g in got] == list(per_query > 10)
     assert [g["almost_nothing"] for g in got] == [t < abundance.ALMOST_NOTHING for t in truth]
+
+
+@pytest.mark.parametrize("factory,chunk", [("Flat", 7), ("IVF4,Flat", 7), ("IVF4,Flat", 36)])
+def test_a_row_budget_keeps_counts_and_marks_lower_bounds(clustered, tmp_path, factory, chunk, monkeypatch):
+    """A cut so low that rows above it would not fit in memory: faiss' range search runs in
+    bounded query batches, at most ROWS_KEPT_MAX rows are kept, and what was cut short says so.
+    Per-query counts (``k too small``, the widest query) stay exact."""
+    emb, img, txt = clustered
+    out = tmp_path / "index"
+    build_index(emb, out, factory=factory, modality="image", n_queries=20, k=10)
+    searcher = Searcher(out)
+    if factory.startswith("IVF"):
+        searcher.modalities["image"].params["nprobe"] = 4
+    n_t, cut = 3, 0.55
+    queries = txt[[i * PER_CLUSTER + j for i in range(CLUSTERS) for j in range(n_t)]]
+    truth = _brute_counts(queries, img, n_t, cut)
+    monkeypatch.setattr(abundance, "RANGE_PAIRS_MAX", 3 * len(img))  # faiss' range search 3 queries at a time
+    assert [g["pairs_above"] for g in _count(searcher, queries, n_t, 10, cut, chunk)] == truth
+    monkeypatch.setattr(abundance, "ROWS_KEPT_MAX", sum(truth) // 3)
+    got = _count(searcher, queries, n_t, 10, cut, chunk)
+    per_query = ((queries @ img.T) >= cut).sum(axis=1).reshape(-1, n_t).max(axis=1)
+    assert [g["k_too_small"] for g in got] == list(per_query > 10)
+    for g, t, widest in zip(got, truth, per_query):
+        assert widest <= g["pairs_above"] <= t
+        assert g["pairs_above_lower_bound"] or g["pairs_above"] == t
+    assert any(g["pairs_above_lower_bound"] for g in got)
 
 
 def test_top_k_tail_gives_lower_bounds(clustered, tmp_path, monkeypatch):
