@@ -48,22 +48,21 @@ GIL), each with its own heaps and a single-threaded BLAS, merged at the end.
 """
 from __future__ import annotations
 
-import ctypes
-import glob
 import itertools
-import os
 import threading
 
 import faiss
 import numpy as np
 
 from index import ivf_probes
+from index.one_thread import one_thread
 
 __all__ = ["batched_ivf_scan", "batched_ivf_search", "supports"]
 
 MIN_QUERIES = 32  # below this lists are shared by too few queries for a GEMM to beat faiss' scan
 
 _CHUNK = 32  # lists handed to a worker at a time
+_QUERY_BLOCK = 1024  # queries of one list scored at once (a GEMM this tall runs at full speed)
 
 
 class _Lists:
@@ -137,40 +136,34 @@ class _Lists:
             return self.torch.empty((rows, self.d), dtype=self.torch.uint8)
         return np.empty((rows, self.d), np.float32)
 
-    def scores_int8(self, qi: np.ndarray, coarse: np.ndarray, codes, n_l: int, buf) -> np.ndarray:
-        torch = self.torch
-        shifted = buf[:n_l]
-        torch.bitwise_xor(torch.from_numpy(faiss.rev_swig_ptr(codes, n_l * self.d).reshape(n_l, self.d)), 128,
-                          out=shifted)
-        # query-side first: the [m, n_l] product is already in the heaps' order (no transpose)
-        s = torch._int_mm(self.q8[torch.from_numpy(qi)], shifted.view(torch.int8).T).numpy()
-        if self.residual:
-            b = np.rint(coarse / self.unit[qi]).astype(np.int32)
-            np.add(s, b[:, None], out=s)  # numpy: torch's broadcast int32 add is ~8x slower here
-        return s
-
-    def scores(self, qi: np.ndarray, coarse: np.ndarray, codes, n_l: int, buf: np.ndarray) -> np.ndarray:
-        """[len(qi), n_l] scores of one list for queries ``qi``; ``coarse``: their ``q . centroid``
-        from the quantizer's search, the residual codes' bias (as faiss uses it). ``buf``: this
-        thread's scratch, [>= n_l, d].
-
-        The GEMM is written list-side first (``X_l @ Q^T``): with the few queries
-        a list gets from a 1,000-query batch, OpenBLAS runs that shape ~1.6x
-        faster than ``Q @ X_l^T``. SQ8 codes are widened into the reused
-        scratch rather than a fresh array, whose allocation page-faults its
-        5 MB on every list."""
-        if self.int8:
-            return self.scores_int8(qi, coarse, codes, n_l, buf)
+    def load(self, codes, n_l: int, buf):
+        """List codes as the GEMM's operand [n_l, d]: float32 (Flat: a view of the list), SQ8 codes
+        widened into ``buf`` (this worker's scratch: a fresh array would page-fault its 5 MB on
+        every list), or shifted to int8 into ``buf`` (one XOR)."""
         if not self.sq:
-            xl = faiss.rev_swig_ptr(codes, n_l * self.d * 4).view(np.float32).reshape(n_l, self.d)
-            return np.ascontiguousarray((xl @ self.x[qi].T).T)
-        cl = buf[:n_l]
-        np.copyto(cl, faiss.rev_swig_ptr(codes, n_l * self.d).reshape(n_l, self.d), casting="unsafe")
-        bias = self.const[qi]
-        if self.residual:
-            bias = bias + coarse
-        s = np.ascontiguousarray((cl @ self.x[qi].T).T)
-        s += bias[:, None]
+            return faiss.rev_swig_ptr(codes, n_l * self.d * 4).view(np.float32).reshape(n_l, self.d)
+        raw = faiss.rev_swig_ptr(codes, n_l * self.d).reshape(n_l, self.d)
+        if self.int8:
+            return self.torch.bitwise_xor(self.torch.from_numpy(raw), 128, out=buf[:n_l]).view(self.torch.int8)
+        np.copyto(buf[:n_l], raw, casting="unsafe")
+        return buf[:n_l]
+
+    def scores(self, qi: np.ndarray, coarse: np.ndarray, xl) -> np.ndarray:
+        """[len(qi), n_l] scores of one loaded list ``xl`` for queries ``qi``; ``coarse``: their
+        ``q . centroid`` from the quantizer's search, the residual codes' bias (as faiss uses it).
+
+        The float GEMM is written list-side first (``X_l @ Q^T``): with the few queries a list
+        gets from a 1,000-query batch, OpenBLAS runs that shape ~1.6x faster than ``Q @ X_l^T``.
+        The int8 one query-side first: its [m, n_l] product is already in the heaps' order."""
+        if self.int8:
+            s = self.torch._int_mm(self.q8[self.torch.from_numpy(qi)], xl.T).numpy()
+            if self.residual:
+                b = np.rint(coarse / self.unit[qi]).astype(np.int32)
+                np.add(s, b[:, None], out=s)  # numpy: torch's broadcast int32 add is ~8x slower here
+            return s
+        s = np.ascontiguousarray((xl @ self.x[qi].T).T)
+        if self.sq:
+            s += (self.const[qi] + coarse if self.residual else self.const[qi])[:, None]
         return s
 
 
@@ -210,22 +203,6 @@ def supports(index: faiss.Index) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _openblas_local_threads():
-    """ctypes ``openblas_set_num_threads_local`` of numpy's OpenBLAS, or None."""
-    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*.so*")
-    for path in glob.glob(libs):
-        try:
-            f = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        f.argtypes, f.restype = [ctypes.c_int], ctypes.c_int
-        return f
-    return None
-
-
-_SET_BLAS_LOCAL = _openblas_local_threads()
 
 
 def batched_ivf_search(
@@ -366,43 +343,36 @@ class _Scan:
 
     def work(self, t: int) -> None:
         """Worker ``t``: takes chunks of lists until none is left; an error is kept for the caller."""
-        inv, sizes, qof, start = self.inv, self.sizes, self.qof, self.start
         # min-heap of the k largest scores
         heap = faiss.int_minheap_array_t() if self.scorer.int8 else faiss.float_minheap_array_t()
         heap.nh, heap.k = self.nq, self.k
         heap.val, heap.ids = faiss.swig_ptr(self.vals[t]), faiss.swig_ptr(self.ids[t])
-        buf = self.scorer.scratch(int(sizes.max()))
-        # one BLAS thread per worker: multi-threaded OpenBLAS on these small GEMMs is slower
-        blas_before = _SET_BLAS_LOCAL(1) if _SET_BLAS_LOCAL is not None else None
-        # faiss' heap update opens an OpenMP team above 100k scores, which on a busy machine cost
-        # ~60 ns a score instead of 0.5 (2 threads, 50 x 2,500 scores); so would torch's int8 GEMM.
-        # Both set the calling thread's OpenMP count (torch and faiss may share one libgomp, so
-        # both counts are read before either is set, and restored for a calling thread).
-        torch = self.scorer.torch
-        omp_before = faiss.omp_get_max_threads()
-        torch_before = torch.get_num_threads() if torch else None
-        faiss.omp_set_num_threads(1)
-        if torch:
-            torch.set_num_threads(1)
+        buf = self.scorer.scratch(int(self.sizes.max()))
         try:
-            while (c := self.next_chunk()) < len(self.chunks):
-                for l in self.chunks[c]:
-                    l = int(l)
-                    n_l = int(sizes[l])
-                    codes = inv.get_codes(l)
-                    qi = qof[start[l]:start[l + 1]]
-                    s = self.scorer.scores(qi, self.coarse[start[l]:start[l + 1]], codes, n_l, buf)
-                    list_ids = inv.get_ids(l)
-                    heap.addn_query_subset_with_ids(len(qi), faiss.swig_ptr(qi), n_l, faiss.swig_ptr(s), list_ids, 0)
-                    if self.above_unit is not None:
-                        self._keep_above(t, qi, s, list_ids, n_l)
-                    inv.release_codes(l, codes)
+            with one_thread(self.scorer.torch):  # index/one_thread.py says why
+                self._scan_chunks(t, heap, buf)
             heap.reorder()
         except BaseException as e:  # re-raised in the caller
             self.errors.append(e)
-        finally:
-            if blas_before is not None:
-                _SET_BLAS_LOCAL(blas_before)
-            if torch:
-                torch.set_num_threads(torch_before)
-            faiss.omp_set_num_threads(omp_before)
+
+    def _scan_chunks(self, t: int, heap, buf) -> None:
+        """Worker ``t`` scores lists, chunk by chunk, into its ``heap`` (and range hits)."""
+        inv, sizes, qof, start = self.inv, self.sizes, self.qof, self.start
+        while (c := self.next_chunk()) < len(self.chunks):
+            for l in self.chunks[c]:
+                l = int(l)
+                n_l = int(sizes[l])
+                codes = inv.get_codes(l)
+                xl = self.scorer.load(codes, n_l, buf)
+                list_ids = inv.get_ids(l)
+                # a popular list of a big batch is scored _QUERY_BLOCK queries at a time, so a
+                # worker's [queries, list] block stays ~10 MB whatever the batch size
+                for lo in range(start[l], start[l + 1], _QUERY_BLOCK):
+                    hi = min(lo + _QUERY_BLOCK, start[l + 1])
+                    qi = qof[lo:hi]
+                    s = self.scorer.scores(qi, self.coarse[lo:hi], xl)
+                    heap.addn_query_subset_with_ids(len(qi), faiss.swig_ptr(qi), n_l, faiss.swig_ptr(s),
+                                                    list_ids, 0)
+                    if self.above_unit is not None:
+                        self._keep_above(t, qi, s, list_ids, n_l)
+                inv.release_codes(l, codes)

@@ -65,6 +65,25 @@ def test_matches_faiss_ivf(index, data, nprobe, threads) -> None:
     _check_same(Dr, Ir, Db, Ib)
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_list_s_queries_scored_in_blocks_give_the_same_answer(index, data, monkeypatch, int8) -> None:
+    """A list probed by more queries than ``_QUERY_BLOCK`` is scored block by block (memory
+    bounded whatever the batch): the answers and the range hits are those of one block."""
+    from index import batched_ivf
+
+    _, xq = data
+    whole = batched_ivf.batched_ivf_scan(index, xq, K, 8, 2, int8=int8, radius=0.5)
+    monkeypatch.setattr(batched_ivf, "_QUERY_BLOCK", 7)  # ~25 queries a list here: several blocks each
+    blocks = batched_ivf.batched_ivf_scan(index, xq, K, 8, 2, int8=int8, radius=0.5)
+    np.testing.assert_allclose(blocks[0], whole[0], atol=1e-6)
+    _check_same(whole[0], whole[1], blocks[0], blocks[1])
+    np.testing.assert_array_equal(blocks[2][2], whole[2][2])
+    for i in range(len(xq)):
+        lims_b, ids_b, _ = blocks[2]
+        lims_w, ids_w, _ = whole[2]
+        assert set(ids_b[lims_b[i]:lims_b[i + 1]]) == set(ids_w[lims_w[i]:lims_w[i + 1]])
+
+
 def test_k_larger_than_lists(index, data) -> None:
     _, xq = data
     ivf = faiss.extract_index_ivf(index)
