@@ -71,9 +71,9 @@ class _Lists:
     def __init__(self, ivf: faiss.IndexIVF, x: np.ndarray, int8: bool = False,
                  coarse: np.ndarray | None = None) -> None:
         """``coarse``: each query's largest ``q . centroid`` over its probes (bounds the int8 sums)."""
-        self.ivf, self.d = ivf, ivf.d
+        self.d = ivf.d
         self.sq = type(ivf) is faiss.IndexIVFScalarQuantizer
-        self.q, self.int8 = x, False
+        self.int8 = False
         self.torch = None  # the int8 path's module, imported once here rather than per list
         if not self.sq:
             self.x, self.const, self.residual = x, None, False
@@ -116,7 +116,7 @@ class _Lists:
     def threshold(self, radius: float) -> np.ndarray:
         """Per query, the heap-unit score that a vector must exceed to score above ``radius``."""
         if not self.int8:
-            return np.full(len(self.q), radius, np.float32)
+            return np.full(len(self.x), radius, np.float32)
         # an integer score exceeds t exactly when it exceeds floor(t)
         return np.clip(np.floor((radius - self.const8) / self.unit), -2.0 ** 31, 2.0 ** 31 - 1).astype(np.int64)
 
